@@ -1,0 +1,3 @@
+from cxrdemo.cli import main
+
+raise SystemExit(main())
