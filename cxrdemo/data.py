@@ -76,7 +76,11 @@ class Dataset:
     def targets(self, frame: pd.DataFrame, task: Task) -> np.ndarray:
         """Class indices of `frame` for `task`."""
         index = {c: i for i, c in enumerate(task.classes)}
-        return frame[task.label_column].map(index).to_numpy(dtype=np.int64)
+        mapped = frame[task.label_column].map(index)
+        if mapped.isna().any():
+            unknown = sorted(set(frame[task.label_column][mapped.isna()].astype(str)))
+            raise ValueError(f"task {task.name!r} has no class for {', '.join(unknown)}")
+        return mapped.to_numpy(dtype=np.int64)
 
     def absolute(self, relative: str) -> Path:
         """The file behind a manifest path; refuses paths that leave the data folder."""
@@ -122,7 +126,10 @@ def patient_split(
     until the stratum's share of images reaches `val_fraction`.
     """
     rng = np.random.default_rng(seed)
-    per_patient = frame.groupby("patient_id")[stratify_column].agg(lambda s: s.mode().iloc[0])
+    # each patient's most frequent class (ties: alphabetical), vectorised for RSNA-sized tables
+    pairs = frame.groupby(["patient_id", stratify_column]).size().reset_index(name="n")
+    pairs = pairs.sort_values(["patient_id", "n", stratify_column], ascending=[True, False, True])
+    per_patient = pairs.drop_duplicates("patient_id").set_index("patient_id")[stratify_column]
     counts = frame.groupby("patient_id").size()
     val_patients: set[str] = set()
     for _, patients in per_patient.groupby(per_patient):

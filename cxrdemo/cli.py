@@ -1,0 +1,260 @@
+"""Command line: `python -m cxrdemo {train,evaluate,predict,models,promote,rollback,...}`.
+
+Errors a user can cause end in a one-line message and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one architecture (torchrun-compatible)")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--task", default="binary", choices=["binary", "subtype"])
+    p.add_argument("--data")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--subset", type=int)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--ema-decay", type=float, default=0.0)
+    p.add_argument("--mixup-alpha", type=float, default=0.0)
+    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--id", help="model id written into the card (default ARCH-TASK)")
+    p.add_argument("--out", required=True, help="run directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cxrdemo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    p = sub.add_parser("evaluate", help="re-evaluate an installed model on a split")
+    p.add_argument("--model", required=True)
+    p.add_argument("--split", default="test", choices=["test", "val", "official_val"])
+    p.add_argument("--data")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("predict", help="classify image files (JPEG, PNG, DICOM, ...)")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--model", help="model id or 'ensemble' (default: the default binary model)")
+    p.add_argument("--cam", help="also write a Grad-CAM overlay with this method (gradcam, gradcam++, ...)")
+    p.add_argument("--cam-out", default="cams")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("models", help="list installed models with headline metrics")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("promote", help="install a finished run's model into weights/")
+    p.add_argument("run_dir")
+    p.add_argument("--as", dest="model_id")
+    p = sub.add_parser("rollback", help="restore the version a promotion replaced")
+    p.add_argument("model_id")
+    p = sub.add_parser("build-knn", help="fit k-NN on a backbone's embeddings")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--data")
+    p.add_argument("--id", default="knn-binary")
+    p = sub.add_parser("build-ensemble", help="choose ensemble members on validation")
+    p.add_argument("--members", nargs="*")
+    p = sub.add_parser("make-sample", help="(re)build data/sample from a full dataset")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", default="data/sample")
+    p = sub.add_parser("make-compact", help="224 px grayscale JPEG copy of a dataset (for GPU machines)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from cxrdemo.runlog import RunLog
+    from cxrdemo.train import TrainConfig, train
+
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in known and v is not None}
+    cfg = TrainConfig(**values)
+    log = RunLog(Path(cfg.out), active=int(os.environ.get("RANK", "0")) == 0)
+    try:
+        result = train(cfg)
+        if log.active:
+            if cfg.arch == "autoencoder":
+                from cxrdemo.anomaly import finalize_autoencoder
+
+                card = finalize_autoencoder(result, model_id=args.id or "autoencoder")
+            else:
+                from cxrdemo.finalize import finalize
+
+                card = finalize(result, model_id=args.id)
+            log.record(event="end", model_id=card["id"], seconds=result.seconds)
+            log.status("finished", model_id=card["id"], best_epoch=result.best_epoch)
+            print(json.dumps({"run": cfg.out, "model": card["id"], "best_epoch": result.best_epoch,
+                              "val": _headline(card.get("metrics", {}).get("val", {}))}))
+    except (ValueError, RuntimeError, FileNotFoundError, OSError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.status("failed", error=message)
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _headline(metrics: dict) -> dict:
+    out = {}
+    for key in ("accuracy", "roc_auc", "sensitivity", "specificity", "macro_roc_auc", "flagged"):
+        value = metrics.get(key)
+        if isinstance(value, dict):
+            value = value.get("value")
+        if value is not None:
+            out[key] = round(value, 4)
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cxrdemo.evaluate import evaluate_model
+
+    result = evaluate_model(args.model, args.split, args.data)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']} on {result['dataset']}/{result['split']} (n={result['n']})")
+        for key, value in result["metrics"].items():
+            if isinstance(value, dict) and "value" in value:
+                ci = value.get("ci")
+                interval = f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci and None not in ci else ""
+                print(f"  {key:<16}{value['value']:.4f}{interval}" if value["value"] is not None else f"  {key:<16}n/a")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cxrdemo.imaging import ImageLoadError, load_image_file
+    from cxrdemo.predict import Predictor
+
+    predictor = Predictor()
+    model_id = args.model or predictor.default_model_id()
+    predictor.get(model_id)  # fail early, once, if the model is unusable
+    failed = False
+    for name in args.files:
+        try:
+            image = load_image_file(name)
+            result = predictor.predict(image, model_id).to_dict()
+            result["file"] = name
+            if args.cam:
+                result["cam"] = str(_write_cam(predictor, image, model_id, args.cam, Path(args.cam_out)))
+        except ImageLoadError as err:
+            failed = True
+            result = {"file": name, "error": str(err)}
+        if args.json:
+            print(json.dumps(result), flush=True)
+        elif "error" in result:
+            print(f"{name}: error: {result['error']}", flush=True)
+        else:
+            probs = ", ".join(f"{c} {p:.3f}" for c, p in result["probabilities"].items())
+            warn = "".join(f"\n  warning: {w}" for w in result["warnings"])
+            print(f"{name}: {result['prediction']} ({probs}){warn}", flush=True)
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _write_cam(predictor, image, model_id: str, method: str, out_dir: Path) -> Path:
+    from PIL import Image
+
+    from cxrdemo.explain import explain
+
+    model = predictor.get(model_id)
+    if model.module is None:
+        raise ValueError(f"Grad-CAM needs a single network; {model_id} is a {model.kind}")
+    explanation = explain(model.module, image.pixels, model.preprocessing, method=method)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{Path(image.name).stem}.{method}.png"
+    Image.fromarray(explanation.overlay).save(path)
+    return path
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cxrdemo.registry import list_cards
+
+    cards = list_cards()
+    rows = []
+    for model_id, card in cards.items():
+        test = card.get("metrics", {}).get("test", {})
+        rows.append({"id": model_id, "kind": card.get("kind"), "arch": card.get("arch"), "task": card.get("task"),
+                     "test": _headline(test), "error": card.get("error")})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'id':<20}{'kind':<13}{'task':<9}test metrics")
+    for row in rows:
+        metrics = row["error"] or "  ".join(f"{k}={v}" for k, v in row["test"].items())
+        print(f"{row['id']:<20}{row['kind'] or '?':<13}{row['task'] or '?':<9}{metrics}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from cxrdemo.registry import promote
+
+    card = promote(Path(args.run_dir), args.model_id)
+    print(f"promoted {args.run_dir} as {card['id']}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from cxrdemo.registry import rollback
+
+    card = rollback(args.model_id)
+    print(f"rolled back {card['id']} (created {card.get('created', '?')})")
+    return 0
+
+
+def cmd_build_knn(args: argparse.Namespace) -> int:
+    from cxrdemo.knn import build_knn
+    from cxrdemo.paths import weights_dir
+
+    card = build_knn(args.backbone, data=args.data, out=weights_dir(), model_id=args.id)
+    print(json.dumps({"model": card["id"], "k": card["k"], "test": _headline(card["metrics"]["test"])}))
+    return 0
+
+
+def cmd_build_ensemble(args: argparse.Namespace) -> int:
+    from cxrdemo.ensemble import build_ensemble
+    from cxrdemo.paths import weights_dir
+
+    card = build_ensemble(weights_dir(), args.members or None)
+    print(json.dumps({"members": card["members"], "test": _headline(card["metrics"].get("test", {}))}))
+    return 0
+
+
+def cmd_make_sample(args: argparse.Namespace) -> int:
+    from cxrdemo.sample import make_sample
+
+    print(f"wrote {len(make_sample(Path(args.data), Path(args.out)))} images to {args.out}")
+    return 0
+
+
+def cmd_make_compact(args: argparse.Namespace) -> int:
+    from cxrdemo.sample import make_compact
+
+    print(f"wrote {len(make_compact(Path(args.data), Path(args.out)))} images to {args.out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
+            "promote": cmd_promote, "rollback": cmd_rollback, "build-knn": cmd_build_knn,
+            "build-ensemble": cmd_build_ensemble, "make-sample": cmd_make_sample, "make-compact": cmd_make_compact}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from cxrdemo.registry import ModelLoadError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ModelLoadError, ValueError, FileNotFoundError, OSError) as err:
+        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

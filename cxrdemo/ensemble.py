@@ -1,0 +1,78 @@
+"""The ensemble: calibrated probabilities of binary models averaged.
+
+Members are chosen by greedy forward selection on validation AUROC from the stored per-image
+validation predictions (all candidates share the same patient split), and the threshold is
+Youden's J on validation. Test predictions are only combined and reported afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrdemo.calibration import choose_thresholds
+from cxrdemo.finalize import report
+from cxrdemo.metrics import auroc
+from cxrdemo.registry import list_cards, load_predictions, write_model
+from cxrdemo.tasks import get_task
+
+
+def _aligned(model_ids: list[str], directory: Path, split: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    tables = {m: load_predictions(m, directory) for m in model_ids}
+    tables = {m: t[t["split"] == split].set_index("path") for m, t in tables.items()}
+    common = sorted(set.intersection(*(set(t.index) for t in tables.values())))
+    first = next(iter(tables.values())).loc[common]
+    return first, {m: t.loc[common, "prob_PNEUMONIA"].to_numpy() for m, t in tables.items()}
+
+
+def select_members(val_probs: dict[str, np.ndarray], y: np.ndarray, max_members: int = 5) -> list[str]:
+    """Greedy forward selection (with replacement off) on validation AUROC, ties to fewer members."""
+    chosen: list[str] = []
+    best = -1.0
+    while len(chosen) < max_members:
+        trials = [(auroc(y, np.mean([val_probs[m] for m in chosen + [c]], axis=0)), c)
+                  for c in val_probs if c not in chosen]
+        if not trials:
+            break
+        score, candidate = max(trials)
+        if score <= best + 1e-6:
+            break
+        chosen.append(candidate)
+        best = score
+    return chosen
+
+
+def build_ensemble(directory: Path, candidates: list[str] | None = None, model_id: str = "ensemble") -> dict:
+    cards = list_cards(directory)
+    candidates = candidates or [i for i, c in cards.items() if c.get("kind") == "classifier" and c.get("task") == "binary"]
+    if not candidates:
+        raise ValueError("no binary classifiers to combine")
+    val_rows, val_probs = _aligned(candidates, directory, "val")
+    y_val = val_rows["y_true"].to_numpy()
+    members = select_members(val_probs, y_val)
+    p_val = np.mean([val_probs[m] for m in members], axis=0)
+    thresholds = choose_thresholds(y_val, p_val)
+    threshold = float(thresholds["youden"])
+    metrics = {"val": report("binary", y_val, np.stack([1 - p_val, p_val], 1), threshold)}
+    tables = [val_rows.reset_index().assign(split="val", prob_NORMAL=1 - p_val, prob_PNEUMONIA=p_val)]
+    test_rows, test_probs = _aligned(members, directory, "test")
+    if len(test_rows):
+        p_test = np.mean([test_probs[m] for m in members], axis=0)
+        metrics["test"] = report("binary", test_rows["y_true"].to_numpy(), np.stack([1 - p_test, p_test], 1), threshold)
+        tables.append(test_rows.reset_index().assign(split="test", prob_NORMAL=1 - p_test, prob_PNEUMONIA=p_test))
+    keep = ["path", "split", "y_true", "label", "subtype", "prob_NORMAL", "prob_PNEUMONIA"]
+    buffer = io.StringIO()
+    pd.concat(tables)[keep].to_csv(buffer, index=False, float_format="%.6g")
+    card = {
+        "kind": "ensemble", "arch": "ensemble", "task": "binary", "classes": list(get_task("binary").classes),
+        "members": members, "candidates": candidates, "combination": "mean of temperature-scaled probabilities",
+        "selection": "greedy forward selection on validation AUROC", "threshold": threshold,
+        "thresholds": thresholds, "temperature": 1.0, "metrics": metrics,
+        "data": {"manifest_fingerprint": cards[members[0]].get("data", {}).get("manifest_fingerprint")},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return write_model(directory, model_id, {}, card, buffer.getvalue())

@@ -1,0 +1,64 @@
+"""Re-evaluate an installed model on a split of a dataset (the `evaluate` command)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrdemo.calibration import apply_temperature
+from cxrdemo.data import Dataset, load_dataset, patient_split
+from cxrdemo.finalize import report
+from cxrdemo.knn import embed_pixels, neighbour_probabilities
+from cxrdemo.predict import Predictor
+from cxrdemo.tasks import get_task
+from cxrdemo.tensor_cache import load_pixels
+from cxrdemo.train import predict_logits
+
+SPLITS = ("test", "val", "official_val")
+
+
+def split_frame(dataset: Dataset, card: dict, split: str):
+    """`val` is the card's own patient-grouped validation set; `official_val` the 16-image folder."""
+    if split == "test":
+        return dataset.split("test")
+    if split == "official_val":
+        return dataset.split("val")
+    if split == "val":
+        training = card.get("training", {})
+        frame = dataset.split("train")
+        if card.get("kind") == "autoencoder":
+            frame = frame[frame["label"] == "NORMAL"]
+        return patient_split(frame, val_fraction=training.get("val_fraction", 0.15), seed=training.get("seed", 0))[1]
+    raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+def batch_probabilities(predictor: Predictor, model_id: str, dataset: Dataset, frame) -> np.ndarray:
+    """Calibrated probabilities (N, C) of `frame`'s images under an installed model."""
+    model = predictor.get(model_id)
+    if model.kind == "ensemble":
+        return np.mean([batch_probabilities(predictor, m, dataset, frame) for m in model.card["members"]], axis=0)
+    if model.kind == "knn":
+        backbone = predictor.get(model.card["backbone"])
+        pixels = load_pixels(dataset, frame, backbone.preprocessing.input_size)
+        queries = embed_pixels(backbone, pixels)
+        memory = F.normalize(model.tensors["embeddings"].float(), dim=1).numpy()
+        return neighbour_probabilities(memory, model.tensors["labels"].numpy(), queries, int(model.card["k"]),
+                                       len(model.classes))[0]
+    pixels = load_pixels(dataset, frame, model.preprocessing.input_size)
+    with torch.inference_mode():
+        logits = predict_logits(model.module, pixels, model.preprocessing).numpy()
+    return apply_temperature(logits, model.temperature)
+
+
+def evaluate_model(model_id: str, split: str = "test", data: str | None = None, n_boot: int = 1000,
+                   predictor: Predictor | None = None) -> dict:
+    predictor = predictor or Predictor()
+    model = predictor.get(model_id)
+    task = get_task(model.card["task"])
+    dataset = load_dataset(data)
+    frame = split_frame(dataset, model.card, split)
+    probs = batch_probabilities(predictor, model_id, dataset, frame)
+    y = dataset.targets(frame, task)
+    metrics = report(task.name, y, probs, model.threshold if task.num_classes == 2 else 0.5, n_boot)
+    return {"model": model_id, "split": split, "dataset": dataset.root.name, "n": int(len(frame)), "metrics": metrics}

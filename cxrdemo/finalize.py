@@ -1,0 +1,125 @@
+"""Turn a trained classifier into a shippable model: calibration, threshold, metrics, card, predictions.
+
+Temperature and operating threshold are fitted on the patient-grouped validation set carved from
+train. The test split (and the official 16-image val split) are evaluated once, with everything
+already fixed, and only reported.
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrdemo.calibration import apply_temperature, choose_thresholds, fit_temperature
+from cxrdemo.metrics import binary_report, multiclass_report
+from cxrdemo.preprocess import Preprocessing
+from cxrdemo.registry import write_model
+from cxrdemo.tasks import get_task
+from cxrdemo.tensor_cache import load_pixels
+from cxrdemo.train import TrainResult, predict_logits
+
+HEADLINE_DROP = ("roc", "pr")  # long curve point lists stay in the predictions file, not the card
+
+
+def default_model_id(arch: str, task: str) -> str:
+    return arch if arch == "autoencoder" else f"{arch}-{task}"
+
+
+def report(task_name: str, y: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int = 1000) -> dict:
+    """Metrics with bootstrap intervals, curves dropped (they are recomputed from predictions)."""
+    task = get_task(task_name)
+    if task.num_classes == 2:
+        full = binary_report(y, probs[:, 1], threshold, n_boot=n_boot)
+    else:
+        full = multiclass_report(y, probs, task.classes, n_boot=n_boot)
+    return {k: v for k, v in full.items() if k not in HEADLINE_DROP}
+
+
+def prediction_rows(frame: pd.DataFrame, split: str, y: np.ndarray, logits: np.ndarray, probs: np.ndarray,
+                    classes: list[str]) -> pd.DataFrame:
+    rows = pd.DataFrame({"path": frame["path"].to_numpy(), "split": split, "y_true": y,
+                         "label": frame["label"].to_numpy(), "subtype": frame["subtype"].to_numpy()})
+    for i, name in enumerate(classes):
+        rows[f"logit_{name}"] = logits[:, i]
+        rows[f"prob_{name}"] = probs[:, i]
+    return rows
+
+
+def evaluation_frames(result: TrainResult) -> dict[str, pd.DataFrame]:
+    """Frames evaluated after training: carved validation, official val, test."""
+    dataset = result.data.dataset
+    frames = {"val": result.data.val.frame, "official_val": dataset.split("val"), "test": dataset.split("test")}
+    if result.config.arch == "autoencoder":
+        return frames
+    return {k: v for k, v in frames.items() if len(v)}
+
+
+def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 1000) -> dict:
+    """Calibrate on validation, evaluate val/official_val/test, write model + card + predictions to the run dir."""
+    cfg = result.config
+    task = get_task(cfg.task)
+    classes = list(task.classes)
+    spec = Preprocessing(input_size=cfg.input_size)
+    dataset = result.data.dataset
+    device = result.data.train.pixels.device
+    logits_by_split: dict[str, tuple[pd.DataFrame, np.ndarray, np.ndarray]] = {}
+    for split, frame in evaluation_frames(result).items():
+        pixels = result.data.val.pixels if split == "val" else load_pixels(dataset, frame, cfg.input_size).to(device)
+        logits = predict_logits(result.model, pixels, spec).cpu().numpy()
+        logits_by_split[split] = (frame, dataset.targets(frame, task), logits)
+
+    _, y_val, val_logits = logits_by_split["val"]
+    temperature = fit_temperature(val_logits, y_val)
+    thresholds: dict = {}
+    threshold = None
+    if task.num_classes == 2:
+        thresholds = choose_thresholds(y_val, apply_temperature(val_logits, temperature)[:, 1])
+        threshold = float(thresholds["youden"])
+
+    metrics, tables = {}, []
+    for split, (frame, y, logits) in logits_by_split.items():
+        probs = apply_temperature(logits, temperature)
+        metrics[split] = report(cfg.task, y, probs, threshold if threshold is not None else 0.5, n_boot)
+        tables.append(prediction_rows(frame, split, y, logits, probs, classes))
+    buffer = io.StringIO()
+    pd.concat(tables).to_csv(buffer, index=False, float_format="%.6g")
+
+    card = {
+        "kind": "classifier",
+        "arch": cfg.arch,
+        "task": cfg.task,
+        "classes": classes,
+        "preprocessing": spec.to_dict(),
+        "training": {**cfg.to_dict(), "best_epoch": result.best_epoch, "best_val_auroc": result.best_val_auroc,
+                     "epochs_run": len(result.history), "seconds": round(result.seconds, 1),
+                     "device": str(device), "torch": torch.__version__, "host": platform.node() or "unknown",
+                     "imagenet_init": bool(getattr(result.model, "pretrained", False))},
+        "data": data_summary(result),
+        "temperature": temperature,
+        "threshold": threshold,
+        "thresholds": thresholds,
+        "metrics": metrics,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "evaluation_command": f"python -m cxrdemo evaluate --model {model_id or default_model_id(cfg.arch, cfg.task)} --split test",
+    }
+    tensors = result.model.state_dict()
+    return write_model(Path(cfg.out), model_id or default_model_id(cfg.arch, cfg.task), tensors, card,
+                       buffer.getvalue(), run=True)
+
+
+def data_summary(result: TrainResult) -> dict:
+    dataset = result.data.dataset
+    return {
+        "dataset": dataset.root.name,
+        "manifest_fingerprint": dataset.fingerprint,
+        "n_train": int(len(result.data.train.frame)),
+        "n_val": int(len(result.data.val.frame)),
+        "n_test": int((dataset.frame["split"] == "test").sum()),
+        "validation": f"{result.config.val_fraction:.0%} of train grouped by patient_id (seed {result.config.seed})",
+    }

@@ -1,0 +1,164 @@
+"""Inference over the shipped models: one image in, calibrated probabilities and warnings out.
+
+`Predictor` caches loaded models (thread-safe) and is shared by the command line and the app.
+Every classifier's probabilities are temperature-scaled with the temperature from its card, and the
+binary decision uses the card's validation-chosen threshold.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrdemo.calibration import apply_temperature
+from cxrdemo.imaging import LoadedImage
+from cxrdemo.knn import neighbour_probabilities
+from cxrdemo.preprocess import to_input, to_unit
+from cxrdemo.registry import LoadedModel, ModelLoadError, list_cards, load_model
+from cxrdemo.paths import weights_dir
+
+DEFAULT_PREFERENCE = ("resnet18-binary", "zubinrnet-binary", "cnn4-binary")
+SUBTYPE_PREFERENCE = ("resnet18-subtype", "cnn4-subtype")
+OOD_WARNING = "does not look like a chest X-ray like the training data (autoencoder anomaly score {:.4f} > {:.4f})"
+
+
+@dataclass
+class Prediction:
+    file: str
+    model: str
+    prediction: str
+    probabilities: dict[str, float]  # class -> calibrated probability, summing to 1
+    threshold: float | None  # operating threshold on P(positive class); None for 3 classes
+    warnings: list[str] = field(default_factory=list)
+    ood: bool | None = None  # None when no autoencoder is installed
+    ood_score: float | None = None
+    subtype: dict[str, float] | None = None  # normal/bacteria/virus from the subtype model
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Predictor:
+    """Loads models lazily from a weights folder and answers predictions for loaded images."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory or weights_dir()
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+        self.errors: dict[str, str] = {}
+
+    # --- the registry -----------------------------------------------------------------------------
+    def cards(self) -> dict[str, dict]:
+        return list_cards(self.directory)
+
+    def model_ids(self, task: str | None = "binary") -> list[str]:
+        """Usable classifier ids (k-NN and ensemble included) for `task`, ensemble last."""
+        ids = [i for i, c in self.cards().items() if "error" not in c and c.get("kind") in ("classifier", "knn")
+               and (task is None or c.get("task") == task)]
+        if (task in (None, "binary")) and "ensemble" in self.cards():
+            ids.append("ensemble")
+        return ids
+
+    def default_model_id(self) -> str:
+        ids = self.model_ids("binary")
+        for preferred in DEFAULT_PREFERENCE:
+            if preferred in ids:
+                return preferred
+        if not ids:
+            raise ModelLoadError(f"no binary classifier installed in {self.directory}")
+        return ids[0]
+
+    def get(self, model_id: str) -> LoadedModel:
+        """A loaded model, cached; reloaded when its card changed on disk (promotion, rollback)."""
+        card_path = self.directory / f"{model_id}.json"
+        stamp = card_path.stat().st_mtime_ns if card_path.exists() else None
+        with self._lock:
+            cached = self._models.get(model_id)
+            if cached is not None and cached.card.get("_stamp") == stamp:
+                return cached
+        model = load_model(model_id, self.directory)  # outside the lock: loads may run in parallel
+        model.card["_stamp"] = stamp
+        with self._lock:
+            self._models[model_id] = model
+        return model
+
+    # --- predictions ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def probabilities(self, pixels: np.ndarray, model_id: str) -> tuple[np.ndarray, LoadedModel]:
+        """Calibrated class probabilities (C,) of one grayscale image."""
+        model = self.get(model_id)
+        if model.kind == "ensemble":
+            members = [self.probabilities(pixels, m)[0] for m in model.card["members"]]
+            return np.mean(members, axis=0), model
+        if model.kind == "knn":
+            backbone = self.get(model.card["backbone"])
+            query = F.normalize(backbone.module.embed(to_input(pixels, backbone.preprocessing)), dim=1).numpy()
+            memory = model.tensors["embeddings"].float().numpy()
+            labels = model.tensors["labels"].numpy()
+            probs, _ = neighbour_probabilities(memory, labels, query, int(model.card["k"]), len(model.classes))
+            return probs[0], model
+        logits = model.module(to_input(pixels, model.preprocessing)).numpy()
+        return apply_temperature(logits, model.temperature)[0], model
+
+    def predict(self, image: LoadedImage, model_id: str | None = None, *, with_subtype: bool = True) -> Prediction:
+        model_id = model_id or self.default_model_id()
+        probs, model = self.probabilities(image.pixels, model_id)
+        classes = model.classes
+        threshold = model.threshold if len(classes) == 2 else None
+        if threshold is not None:
+            label = classes[1] if probs[1] >= threshold else classes[0]
+        else:
+            label = classes[int(np.argmax(probs))]
+        result = Prediction(image.name, model_id, label, {c: float(p) for c, p in zip(classes, probs)}, threshold,
+                            list(image.warnings))
+        result.ood, result.ood_score, ood_warning = self.out_of_distribution(image.pixels)
+        if ood_warning:
+            result.warnings.append(ood_warning)
+        if with_subtype and label == "PNEUMONIA":
+            subtype_id = next((i for i in SUBTYPE_PREFERENCE if i in self.model_ids("subtype")), None)
+            if subtype_id:
+                sub, sub_model = self.probabilities(image.pixels, subtype_id)
+                result.subtype = {c: float(p) for c, p in zip(sub_model.classes, sub)}
+        return result
+
+    def compare_all(self, image: LoadedImage) -> list[Prediction]:
+        """Every binary model's answer (the ensemble last)."""
+        return [self.predict(image, m, with_subtype=False) for m in self.model_ids("binary")]
+
+    # --- out-of-distribution check ----------------------------------------------------------------
+    def autoencoder(self) -> LoadedModel | None:
+        if "autoencoder" not in self.cards():
+            return None
+        try:
+            return self.get("autoencoder")
+        except ModelLoadError as err:
+            self.errors["autoencoder"] = str(err)
+            return None
+
+    @torch.inference_mode()
+    def out_of_distribution(self, pixels: np.ndarray) -> tuple[bool | None, float | None, str | None]:
+        """(flagged, score, warning) from the autoencoder's reconstruction error."""
+        ae = self.autoencoder()
+        if ae is None:
+            return None, None, None
+        x = to_unit(pixels, ae.preprocessing.input_size)
+        score = float(((ae.module(x) - x) ** 2).mean())
+        flagged = score > ae.threshold
+        return flagged, score, OOD_WARNING.format(score, ae.threshold) if flagged else None
+
+    @torch.inference_mode()
+    def reconstruction(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(reconstruction, error map) as uint8 images at the autoencoder's input size."""
+        ae = self.autoencoder()
+        if ae is None:
+            return None
+        x = to_unit(pixels, ae.preprocessing.input_size)
+        recon = ae.module(x)
+        error = (recon - x).abs()[0, 0]
+        error = error / max(float(error.max()), 1e-6)
+        return (recon[0, 0].numpy() * 255).astype(np.uint8), (error.numpy() * 255).astype(np.uint8)

@@ -1,0 +1,75 @@
+"""A training run's folder: JSON-lines metrics, status file and atomic writes.
+
+Layout of RUN_DIR: `config.json`, `metrics.jsonl` (one JSON object per line, appended),
+`status.json` (state: running / finished / failed), and on success `model.safetensors`,
+`card.json` and `predictions.csv`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, json.dumps(value, indent=2, allow_nan=False).encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+class RunLog:
+    """Appends metric records and keeps `status.json` current. Inactive (writes nothing) off rank 0."""
+
+    def __init__(self, run_dir: Path, active: bool = True) -> None:
+        self.run_dir = run_dir
+        self.active = active
+        if active:
+            run_dir.mkdir(parents=True, exist_ok=True)
+
+    def record(self, **values: Any) -> None:
+        if not self.active:
+            return
+        values.setdefault("time", time.time())
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(values) + "\n")
+
+    def status(self, state: str, **extra: Any) -> None:
+        if not self.active:
+            return
+        path = self.run_dir / "status.json"
+        current = read_json(path) if path.exists() else {}
+        current.update(extra, state=state, updated=time.time())
+        atomic_write_json(path, current)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """All complete records of `metrics.jsonl` (a torn last line from a killed process is skipped)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -1,0 +1,50 @@
+"""Decode a dataset once into a uint8 tensor at training resolution and cache it on disk.
+
+Training then never touches PIL inside the epoch loop: the whole split lives in one (N, S, S)
+uint8 tensor (5,856 images at 224 px are 294 MB) that can sit on the GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from cxrdemo.data import Dataset
+from cxrdemo.paths import cache_dir
+from cxrdemo.preprocess import resize_square
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    with Image.open(path) as img:
+        img.draft("L", (size, size))  # JPEG: decode at reduced scale when the file is much larger
+        return resize_square(np.asarray(img.convert("L")), size)
+
+
+def cache_key(dataset: Dataset, frame: pd.DataFrame, size: int) -> str:
+    text = f"{dataset.root}|{size}|" + "|".join(frame["path"])
+    if "sha256" in frame:
+        text += "|" + "|".join(frame["sha256"].astype(str))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def load_pixels(dataset: Dataset, frame: pd.DataFrame, size: int = 224, *, use_cache: bool = True) -> torch.Tensor:
+    """(N, size, size) uint8 tensor of `frame`'s images, in row order, from cache when possible."""
+    path = cache_dir() / f"pixels-{cache_key(dataset, frame, size)}.npy"
+    if use_cache and path.exists():
+        return torch.from_numpy(np.load(path))
+    files = [dataset.absolute(p) for p in frame["path"]]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(lambda f: _decode(f, size), files))
+    array = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+    if use_cache:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, array)
+        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
+    return torch.from_numpy(array)

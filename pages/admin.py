@@ -1,0 +1,3 @@
+from cxrdemo.ui import page_frame
+
+page_frame("admin")
