@@ -80,7 +80,8 @@ class Dataset:
         if mapped.isna().any():
             unknown = sorted(set(frame[task.label_column][mapped.isna()].astype(str)))
             raise ValueError(f"task {task.name!r} has no class for {', '.join(unknown)}")
-        return mapped.to_numpy(dtype=np.int64)
+        # copy: pandas 3 (copy-on-write) hands out read-only views, and torch.from_numpy of those warns
+        return mapped.to_numpy(dtype=np.int64, copy=True)
 
     def absolute(self, relative: str) -> Path:
         """The file behind a manifest path; refuses paths that leave the data folder."""

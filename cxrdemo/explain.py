@@ -178,7 +178,8 @@ def _fast_gradcam(model: Classifier, x: torch.Tensor,
     return logits.detach(), _normalise(cam), c
 
 
-def fast_gradcam(model: Classifier, x: torch.Tensor, target_class: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+def fast_gradcam(model: Classifier, x: torch.Tensor,
+                 target_class: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Logits (1, C) and the Grad-CAM of `model.features[-1]` for a (1, 1, S, S) input, from one forward.
 
     The CAM is at feature-map resolution, float32 in [0, 1]; `target_class` None explains the predicted
@@ -195,27 +196,33 @@ def fast_gradcam(model: Classifier, x: torch.Tensor, target_class: int | None = 
 
 # --- pytorch-grad-cam ----------------------------------------------------------------------------------
 
+@contextmanager
+def _grads_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Put back every parameter's .grad: BaseCAM zeroes them and its backward() fills them."""
+    saved = [(p, p.grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for p, grad in saved:
+            p.grad = grad
+
+
 def _library_cam(model: Classifier, x: torch.Tensor, method: str, layer: torch.nn.Module,
                  target_class: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(logits (1, C), CAM at the input tensor's size, target class) from pytorch-grad-cam."""
-    params = list(model.parameters())
-    saved_grads = [p.grad for p in params]  # BaseCAM zeroes and then fills them; callers keep theirs
     result = None
-    try:
-        with _in_eval_mode(model, hooks=True), torch.inference_mode(False), torch.enable_grad():
-            # `with` releases the hooks even on error (BaseCAM.__exit__ -> ActivationsAndGradients.release).
-            with CAM_METHODS[method](model=model, target_layers=[layer]) as cam:
-                if method == "scorecam":
-                    cam.batch_size = SCORECAM_BATCH_SIZE
-                targets = None if target_class is None else [ClassifierOutputTarget(target_class)]
-                grayscale = cam(input_tensor=x, targets=targets)
-                # BaseCAM.forward keeps the logits of its own forward pass; targets=None means argmax.
-                logits = cam.outputs.detach()
-                c = int(logits[0].argmax()) if target_class is None else target_class
-                result = logits, torch.from_numpy(grayscale[0]), c
-    finally:
-        for p, g in zip(params, saved_grads, strict=True):
-            p.grad = g
+    # The grads are saved and restored inside the exclusive lock, so concurrent calls cannot interleave.
+    with _in_eval_mode(model, hooks=True), _grads_kept(model), torch.inference_mode(False), torch.enable_grad():
+        # `with` releases the hooks even on error (BaseCAM.__exit__ -> ActivationsAndGradients.release).
+        with CAM_METHODS[method](model=model, target_layers=[layer]) as cam:
+            if method == "scorecam":
+                cam.batch_size = SCORECAM_BATCH_SIZE
+            targets = None if target_class is None else [ClassifierOutputTarget(target_class)]
+            grayscale = cam(input_tensor=x, targets=targets)
+            # BaseCAM.forward keeps the logits of its own forward pass; targets=None means argmax.
+            logits = cam.outputs.detach()
+            c = int(logits[0].argmax()) if target_class is None else target_class
+            result = logits, torch.from_numpy(grayscale[0]), c
     if result is None:  # BaseCAM.__exit__ prints and swallows IndexError (pytorch-grad-cam base_cam.py)
         raise RuntimeError(f"{method} failed on layer {type(layer).__name__}; see the message printed above")
     return result

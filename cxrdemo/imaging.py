@@ -29,7 +29,7 @@ from cxrdemo import dicom
 
 MAX_UPLOAD_BYTES: int = 50 * 1024 * 1024  # larger uploads are refused
 MAX_PIXELS: int = 40_000_000  # decompression-bomb limit (width*height), checked before decoding
-LOW_RESOLUTION_SIDE: int = 256  # shorter side below this -> warning
+LOW_RESOLUTION_SIDE: int = 200  # below the 224 px model input: detail is upsampled, not seen
 MIN_SIDE = 16  # shorter side below this is refused: nothing to classify
 MAX_ASPECT = 3.0  # chest films are close to square; beyond this, warn
 MAX_NAME_CHARS = 80

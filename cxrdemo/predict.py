@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from cxrdemo.calibration import apply_temperature
+from cxrdemo.explain import Explanation, explain
 from cxrdemo.imaging import LoadedImage
 from cxrdemo.knn import neighbour_probabilities
 from cxrdemo.preprocess import to_input, to_unit
-from cxrdemo.registry import LoadedModel, ModelLoadError, list_cards, load_model
 from cxrdemo.paths import weights_dir
+from cxrdemo.registry import LoadedModel, ModelLoadError, list_cards, load_model
 
 DEFAULT_PREFERENCE = ("resnet18-binary", "zubinrnet-binary", "cnn4-binary")
 SUBTYPE_PREFERENCE = ("resnet18-subtype", "cnn4-subtype")
@@ -81,7 +82,10 @@ class Predictor:
             cached = self._models.get(model_id)
             if cached is not None and cached.card.get("_stamp") == stamp:
                 return cached
-        model = load_model(model_id, self.directory)  # outside the lock: loads may run in parallel
+        # outside the lock (loads may run in parallel), and never as inference tensors: callers inside
+        # torch.inference_mode() would otherwise make the weights unusable for Grad-CAM's backward pass
+        with torch.inference_mode(False):
+            model = load_model(model_id, self.directory)
         model.card["_stamp"] = stamp
         with self._lock:
             self._models[model_id] = model
@@ -108,6 +112,37 @@ class Predictor:
     def predict(self, image: LoadedImage, model_id: str | None = None, *, with_subtype: bool = True) -> Prediction:
         model_id = model_id or self.default_model_id()
         probs, model = self.probabilities(image.pixels, model_id)
+        return self._finish(image, model_id, model, probs, with_subtype)
+
+    def explain_network(self, model_id: str) -> tuple[str, LoadedModel]:
+        """The single network Grad-CAM can explain for `model_id` (ensemble: first member; k-NN: backbone)."""
+        model = self.get(model_id)
+        if model.kind == "ensemble":
+            return self.explain_network(model.card["members"][0])
+        if model.kind == "knn":
+            return self.explain_network(model.card["backbone"])
+        return model_id, model
+
+    def predict_and_explain(self, image: LoadedImage, model_id: str | None = None, *, method: str = "gradcam",
+                            target_class: int | None = None, opacity: float = 0.4,
+                            with_subtype: bool = True) -> tuple[Prediction, Explanation, str]:
+        """Prediction plus heatmap; for a plain classifier both come from one forward pass.
+
+        Returns (prediction, explanation, id of the explained network).
+        """
+        model_id = model_id or self.default_model_id()
+        network_id, network = self.explain_network(model_id)
+        explanation = explain(network.module, image.pixels, network.preprocessing, method=method,
+                              target_class=target_class, opacity=opacity)
+        if network_id == model_id:
+            probs = apply_temperature(explanation.logits[None], network.temperature)[0]
+            prediction = self._finish(image, model_id, network, probs, with_subtype)
+        else:
+            prediction = self.predict(image, model_id, with_subtype=with_subtype)
+        return prediction, explanation, network_id
+
+    def _finish(self, image: LoadedImage, model_id: str, model: LoadedModel, probs: np.ndarray,
+                with_subtype: bool) -> Prediction:
         classes = model.classes
         threshold = model.threshold if len(classes) == 2 else None
         if threshold is not None:

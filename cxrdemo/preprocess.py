@@ -50,10 +50,10 @@ def normalize(batch: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
 def to_input(pixels: np.ndarray, spec: Preprocessing) -> torch.Tensor:
     """One grayscale uint8 image -> (1, 1, S, S) normalised tensor."""
     square = resize_square(pixels, spec.input_size)
-    return normalize(torch.from_numpy(np.ascontiguousarray(square))[None, None], spec)
+    return normalize(torch.from_numpy(np.array(square, dtype=np.uint8))[None, None], spec)
 
 
 def to_unit(pixels: np.ndarray, size: int) -> torch.Tensor:
     """One grayscale uint8 image -> (1, 1, S, S) float in [0, 1] (the autoencoder's input)."""
     square = resize_square(pixels, size)
-    return torch.from_numpy(np.ascontiguousarray(square))[None, None].float() / 255.0
+    return torch.from_numpy(np.array(square, dtype=np.uint8))[None, None].float() / 255.0

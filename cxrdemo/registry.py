@@ -50,11 +50,13 @@ class LoadedModel:
 
     @property
     def temperature(self) -> float:
-        return float(self.card.get("temperature") or 1.0)
+        value = self.card.get("temperature")
+        return 1.0 if value is None else float(value)
 
     @property
     def threshold(self) -> float:
-        return float(self.card.get("threshold") or 0.5)
+        value = self.card.get("threshold")
+        return 0.5 if value is None else float(value)
 
 
 def sha256_file(path: Path) -> str:
@@ -187,7 +189,7 @@ def promote(run_dir: Path, model_id: str | None = None, directory: Path | None =
 
 def _backup(directory: Path, model_id: str) -> None:
     backup = directory / ROLLBACK_DIR
-    backup.mkdir(exist_ok=True)
+    backup.mkdir(parents=True, exist_ok=True)  # a fresh weights folder (CXRDEMO_WEIGHTS) may not exist yet
     for suffix in ARTIFACT_SUFFIXES:
         current = directory / f"{model_id}{suffix}"
         if current.exists():

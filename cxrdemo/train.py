@@ -248,7 +248,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     for epoch in range(cfg.epochs):
         model.train()
         epoch_start = time.time()
-        order = torch.randperm(n_train, device=device, generator=gen)[rank::world]
+        order = torch.randperm(n_train, device=device, generator=gen)
+        # every rank must take the same number of steps, or DDP's all-reduces pair up across steps and
+        # the job hangs (NCCL) or dies (gloo): drop the n % world remainder, like DistributedSampler(drop_last=True)
+        order = order[: n_train - n_train % world][rank::world]
         losses = []
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]

@@ -1,3 +1,233 @@
-from cxrdemo.ui import page_frame
+"""Model performance: metrics, curves and mistakes of each installed model, from its STORED predictions.
 
-page_frame("performance")
+Pick a model and a split; metrics with 95 % bootstrap intervals, the confusion matrix at a threshold
+you choose (binary models), ROC / PR / reliability curves, a comparison of all models, and the most
+confident mistakes with Grad-CAM on request. All numbers come from `cxrdemo.performance`.
+"""
+
+from __future__ import annotations
+
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from cxrdemo import explore, performance
+from cxrdemo.data import Dataset, load_dataset
+from cxrdemo.paths import data_dir
+from cxrdemo.ui import MODEL_KEY, page_frame
+
+GALLERY_SIZE = 6
+GALLERY_COLUMNS = 3
+CAM_KEY = "performance_cam"
+
+
+@st.cache_data(show_spinner="Bootstrapping 95 % intervals…", max_entries=64)
+def report_of(model_id: str, split: str, stamp: tuple) -> dict:
+    return performance.report_for(model_id, split)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def operating_point_of(model_id: str, split: str, threshold: float, stamp: tuple) -> dict:
+    return performance.operating_point(model_id, split, threshold)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def misclassified_of(model_id: str, split: str, threshold: float | None, stamp: tuple):
+    return performance.misclassified(model_id, split, threshold)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def dataset_at(root: str) -> Dataset:
+    return load_dataset(root)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def thumbnail_of(root: str, path: str) -> bytes | None:
+    file = performance.image_path(dataset_at(root), path)
+    return None if file is None else explore.thumbnail(file, 320)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def overlay_of(_predictor, model_id: str, stamp: tuple, root: str, path: str, target: int):
+    return performance.gradcam_overlay(_predictor, model_id, dataset_at(root), path, target)
+
+
+def keep_valid(key: str, options: list) -> None:
+    """Forget a remembered choice that is no longer offered (a model was removed, a split is missing)."""
+    if key in st.session_state and st.session_state[key] not in options:
+        del st.session_state[key]
+
+
+def choose_model_ui(cards: dict) -> tuple[str, str]:
+    ids = list(cards)
+    keep_valid("performance_model", ids)
+    active = st.session_state.get(MODEL_KEY)  # the sidebar's model, unless one was picked here
+    left, right = st.columns(2)
+    model_id = left.selectbox(
+        "Model", ids, key="performance_model", index=ids.index(active) if active in ids else 0,
+        format_func=lambda i: f"{i}  ({cards[i].get('kind', 'classifier')}, {len(cards[i].get('classes', []))} classes)")
+    splits = performance.available_splits(model_id)
+    keep_valid("performance_split", splits)
+    split = right.selectbox("Split", splits, key="performance_split", format_func=performance.SPLIT_LABELS.get)
+    return model_id, split
+
+
+def metrics_ui(report: dict) -> None:
+    table = performance.metrics_table(report)
+    st.dataframe(table[["metric", "value", "95 % CI"]], hide_index=True, width="stretch",
+                 column_config={"value": st.column_config.NumberColumn(format="%.3f")})
+    at = f" at the card threshold {report['threshold']:.3f}" if "threshold" in report else " (argmax decision)"
+    st.caption(f"{report['n']} images; 95 % percentile bootstrap intervals over images (1000 resamples){at}.")
+
+
+def heatmap(confusion, title: str) -> go.Figure:
+    fig = px.imshow(confusion, text_auto=True, color_continuous_scale="Blues", title=title, aspect="auto",
+                    labels={"x": "predicted", "y": "true", "color": "images"})
+    fig.update_layout(coloraxis_showscale=False, height=380)
+    return fig
+
+
+def threshold_ui(model_id: str, split: str, card: dict, stamp: tuple) -> tuple[float, dict]:
+    """Threshold slider, the metrics at that threshold and its confusion matrix (binary models)."""
+    default = performance.card_threshold(card)
+    key = f"performance_threshold_{model_id}"
+    choices = card.get("thresholds") or {}
+    named = ", ".join(f"{name.replace('_', ' ')} {choices[name]:.3f}" for name in ("youden", "high_sensitivity")
+                      if isinstance(choices.get(name), float))
+    threshold = st.slider("Decision threshold on P(" + card["classes"][1] + ")", 0.0, 1.0, value=default,
+                          step=0.001, format="%.3f", key=key,
+                          help=f"Default: the card's threshold {default:.3f}, chosen on validation"
+                          + (f" ({named})" if named else "") + ".")
+    point = operating_point_of(model_id, split, threshold, stamp)
+    cols = st.columns(4)
+    for col, (name, label) in zip(cols, (("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+                                         ("accuracy", "Accuracy"), ("precision", "Precision (PPV)"))):
+        col.metric(label, f"{point[name]:.3f}")
+    return threshold, point
+
+
+def curves_ui(report: dict, point: dict | None) -> None:
+    roc = performance.roc_curves(report)
+    fig = px.line(roc, x="fpr", y="tpr", color="curve", title="ROC curve" + (" (one-vs-rest)" if
+                  "roc_by_class" in report else ""), hover_data=["threshold"],
+                  labels={"fpr": "1 - specificity", "tpr": "sensitivity"}, range_x=[0, 1], range_y=[0, 1.02])
+    fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line={"dash": "dot", "color": "grey"})
+    if point is not None:
+        fig.add_scatter(x=[point["fpr"]], y=[point["sensitivity"]], mode="markers", name="threshold",
+                        marker={"size": 12, "symbol": "x", "color": "crimson"})
+    cols = st.columns(3)
+    cols[0].plotly_chart(fig, key="chart_roc")
+    pr = performance.pr_curve(report)
+    if len(pr):
+        fig = px.line(pr, x="recall", y="precision", title="Precision-recall curve", hover_data=["threshold"],
+                      range_x=[0, 1], range_y=[0, 1.02])
+        if point is not None:
+            fig.add_scatter(x=[point["sensitivity"]], y=[point["precision"]], mode="markers", name="threshold",
+                            marker={"size": 12, "symbol": "x", "color": "crimson"})
+        cols[1].plotly_chart(fig, key="chart_pr")
+    else:
+        cols[1].info("Precision-recall curves are drawn for binary models.")
+    rel = performance.reliability_frame(report)
+    binary = "roc_by_class" not in report
+    fig = px.scatter(rel, x="mean_confidence", y="fraction_positive", size="count", range_x=[0, 1], range_y=[0, 1],
+                     title=f"Reliability (ECE {report['ece']['value']:.3f})",
+                     labels={"mean_confidence": "mean predicted probability" if binary else "mean top-label confidence",
+                             "fraction_positive": "observed fraction positive" if binary else "observed accuracy"})
+    fig.update_traces(mode="lines+markers")
+    fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line={"dash": "dot", "color": "grey"})
+    cols[2].plotly_chart(fig, key="chart_reliability")
+
+
+def comparison_ui(cards: dict, split: str) -> None:
+    table = performance.comparison_table(cards, split)
+    if table.empty:
+        st.info(f"No model card records metrics on the {split} split.")
+        return
+    fig = px.bar(table, x="model", y="value", color="metric", barmode="group", error_y="error_plus",
+                 error_y_minus="error_minus", hover_data=["ci"], range_y=[0, 1.05],
+                 title=f"All models on the {split} split (card metrics, 95 % CI)")
+    st.plotly_chart(fig, key="chart_comparison")
+    with st.expander("All models as a table"):
+        st.dataframe(performance.model_table(cards), hide_index=True, width="stretch")
+
+
+def gallery_ui(pred, model_id: str, split: str, threshold: float | None, card: dict, stamp: tuple) -> None:
+    mistakes = misclassified_of(model_id, split, threshold, stamp)
+    if mistakes.empty:
+        st.success("No misclassified images at this threshold.")
+        return
+    shown = mistakes.head(GALLERY_SIZE)
+    st.caption(f"{len(mistakes)} misclassified images; the {len(shown)} most confident mistakes:")
+    root = str(data_dir())
+    try:
+        dataset = dataset_at(root)
+    except (FileNotFoundError, ValueError) as err:
+        st.warning(f"Cannot read the dataset at {root}: {err}")
+        dataset = None
+    note = performance.gallery_note(dataset, shown["path"].tolist()) if dataset else None
+    if note:
+        st.info(note)
+    reason = performance.cam_unavailable({**card, "id": model_id})
+    if reason:
+        st.caption(reason)
+    elif dataset is not None and st.button(f"Compute Grad-CAM for these {len(shown)} images", key="performance_cam_btn"):
+        st.session_state[CAM_KEY] = model_id
+    with_cam = not reason and dataset is not None and st.session_state.get(CAM_KEY) == model_id
+    for start in range(0, len(shown), GALLERY_COLUMNS):
+        cols = st.columns(GALLERY_COLUMNS)
+        for col, (_, row) in zip(cols, shown.iloc[start : start + GALLERY_COLUMNS].iterrows()):
+            caption = f"true {row['true']} → predicted {row['predicted']} (p = {row['p_predicted']:.2f})"
+            thumb = thumbnail_of(root, row["path"]) if dataset is not None else None
+            with col:
+                if thumb is None:
+                    st.markdown(f"`{row['path']}`  \n{caption}")
+                    continue
+                st.image(thumb, caption=caption, width="stretch")
+                if with_cam:
+                    try:
+                        overlay = overlay_of(pred, model_id, stamp, root, row["path"], int(row["predicted_index"]))
+                        st.image(overlay, caption=f"Grad-CAM of {row['predicted']}", width="stretch")
+                    except (ValueError, FileNotFoundError, RuntimeError) as err:
+                        st.warning(str(err))
+    with st.expander(f"All {len(mistakes)} misclassified images"):
+        st.dataframe(mistakes.drop(columns=["predicted_index"]), hide_index=True, width="stretch")
+
+
+pred = page_frame("Model performance", "📈")
+cards = performance.evaluated_cards()
+if not cards:
+    st.info("No installed model has stored predictions yet. Train and promote one from the Admin page.")
+    st.stop()
+
+model_id, split = choose_model_ui(cards)
+card = cards[model_id]
+stamp = performance.predictions_stamp(model_id)
+try:
+    report = report_of(model_id, split, stamp)
+except (ValueError, KeyError, performance.ModelLoadError) as err:
+    st.error(f"Cannot evaluate {model_id} on {split}: {err}")
+    st.stop()
+
+binary = len(report["classes"]) == 2
+st.subheader(f"{model_id} on the {performance.SPLIT_LABELS[split]} split")
+left, right = st.columns([2, 3])
+with left:
+    metrics_ui(report)
+with right:
+    if binary:
+        threshold, point = threshold_ui(model_id, split, card, stamp)
+        st.plotly_chart(heatmap(performance.confusion_frame(point), f"Confusion matrix at {threshold:.3f}"),
+                        key="chart_confusion")
+    else:
+        threshold, point = None, None
+        st.plotly_chart(heatmap(performance.confusion_frame(report), "Confusion matrix (argmax)"),
+                        key="chart_confusion")
+        st.dataframe(performance.per_class_table(report), hide_index=True, width="stretch",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                    for c in ("precision", "recall", "f1", "roc_auc")})
+
+curves_ui(report, point)
+st.subheader("All models")
+comparison_ui(cards, split)
+st.subheader("Misclassified images")
+gallery_ui(pred, model_id, split, threshold, card, stamp)

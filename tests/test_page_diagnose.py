@@ -1,0 +1,393 @@
+"""The Diagnose page through Streamlit's AppTest: uploads of every kind, batches with bad files,
+examples, compare-all, heatmap settings and report buttons, plus the page's non-Streamlit glue.
+
+Runs against a private copy of the installed models (whatever `weights/` holds when the module starts),
+so a model promoted by a background job mid-run cannot change the answers under a test.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+from streamlit.testing.v1 import AppTest
+
+from cxrdemo import diagnosis
+from cxrdemo.imaging import load_image
+from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
+from cxrdemo.models import create_model
+from cxrdemo.predict import Prediction, Predictor
+from cxrdemo.preprocess import to_input
+from cxrdemo.registry import write_model
+
+APP = str(REPO_ROOT / "app.py")
+PATIENT = "Doe^Janet^Private"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A frozen copy of the installed models; CXRDEMO_WEIGHTS points the app at it."""
+    target = tmp_path_factory.mktemp("diagnose") / "weights"
+    shutil.copytree(REPO_ROOT / "weights", target, ignore=shutil.ignore_patterns(".rollback"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CXRDEMO_WEIGHTS", str(target))
+        yield target
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_intra_op_thread() -> Iterator[None]:
+    """One torch thread: on a busy 2-core machine OpenMP's spinning makes small models much slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def predictor(_weights: Path) -> Predictor:
+    pred = Predictor(_weights)
+    if not pred.model_ids("binary"):
+        pytest.skip("no binary classifier installed in weights/")
+    return pred
+
+
+def _sample(label: str, index: int = 0) -> Path:
+    return sorted((SAMPLE_DIR / "test" / label).glob("*.jpeg"))[index]
+
+
+def _app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=60).run()
+
+
+def _upload(at: AppTest, *files: tuple[str, bytes, str]) -> AppTest:
+    at.file_uploader(key="uploads").set_value(list(files)).run()
+    return at
+
+
+def _png(path: Path) -> bytes:
+    buffer = BytesIO()
+    Image.open(path).convert("L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _dicom(path: Path, bits: int = 16) -> bytes:
+    """A CR DICOM (MONOCHROME2, explicit VR little endian) holding a sample X-ray, with a patient name."""
+    arr = np.asarray(Image.open(path).convert("L"))
+    pixels = (arr.astype(np.uint16) << 4) if bits == 16 else arr  # 12 bits stored in 16, or plain 8-bit
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.BodyPartExamined = "CHEST"
+    ds.PatientName = PATIENT
+    ds.PatientID = "PID-DIAGNOSE-1"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16 if bits == 16 else 8
+    ds.BitsStored = 12 if bits == 16 else 8
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _texts(at: AppTest) -> list[str]:
+    """Every text a user can read on the page (tables included)."""
+    out = [e.value for kind in ("title", "subheader", "markdown", "caption", "error", "warning", "info")
+           for e in getattr(at, kind)]
+    out += [e.label for e in at.expander]
+    out += [df.value.to_csv() for df in at.dataframe]
+    return [str(t) for t in out]
+
+
+def _table_with(at: AppTest, column: str):
+    """The first st.dataframe holding `column` (AppTest exposes no key for dataframes)."""
+    tables = [df.value for df in at.dataframe if column in df.value.columns]
+    assert tables, f"no table with a {column!r} column"
+    return tables[0]
+
+
+def _assert_prediction_shown(at: AppTest, predictor: Predictor) -> None:
+    assert not at.exception
+    classes = set(predictor.get(predictor.default_model_id()).classes)
+    assert any(s.value in classes for s in at.subheader), [s.value for s in at.subheader]
+    charts = at.get("plotly_chart")
+    assert charts, "no probability chart"
+    figure = json.loads(charts[0].proto.spec)
+    assert figure["data"][0]["type"] == "bar" and figure["data"][0]["orientation"] == "h"
+    assert len(at.image) >= 2  # the X-ray and its heatmap overlay
+
+
+# --- first render and single uploads -----------------------------------------------------------------
+
+def test_first_render_has_no_exception(predictor: Predictor) -> None:
+    at = _app()
+    assert not at.exception
+    assert at.file_uploader(key="uploads").accept_multiple_files
+    assert {".dcm", ".png", ".jpeg"} <= set(at.file_uploader(key="uploads").allowed_type)
+    assert [b for b in at.button if b.key and b.key.startswith("example_")], "no example buttons"
+    assert not at.error
+
+
+@pytest.mark.parametrize("label", ["PNEUMONIA", "NORMAL"])
+def test_jpeg_upload_shows_prediction_chart_overlay_and_threshold(label: str, predictor: Predictor) -> None:
+    path = _sample(label)
+    at = _upload(_app(), (path.name, path.read_bytes(), "image/jpeg"))
+    _assert_prediction_shown(at, predictor)
+    assert not at.error
+    model = predictor.get(predictor.default_model_id())
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert figure["data"][0]["y"] == model.classes
+    probabilities = figure["data"][0]["x"]
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-6)
+    if len(model.classes) == 2:  # the operating threshold is drawn on the positive bar
+        (line,) = [s for s in figure["layout"]["shapes"] if s["type"] == "line"]
+        assert line["x0"] == line["x1"] == pytest.approx(model.threshold)
+    assert any("heatmap of" in (c or "") for img in at.image for c in img.captions)
+
+
+def test_png_upload_works(predictor: Predictor) -> None:
+    path = _sample("PNEUMONIA", 1)
+    at = _upload(_app(), (path.stem + ".png", _png(path), "image/png"))
+    _assert_prediction_shown(at, predictor)
+    assert not at.error
+
+
+@pytest.mark.parametrize("bits", [16, 8])
+def test_dicom_upload_works_and_hides_patient_tags(bits: int, predictor: Predictor) -> None:
+    path = _sample("NORMAL", 1)
+    at = _upload(_app(), ("study.dcm", _dicom(path, bits), "application/dicom"))
+    _assert_prediction_shown(at, predictor)
+    assert not at.error
+    text = "\n".join(_texts(at))
+    assert "DICOM" in text
+    assert "Doe" not in text and "PID-DIAGNOSE" not in text
+
+
+# --- batches and bad input ---------------------------------------------------------------------------
+
+def test_batch_with_one_bad_file_shows_the_good_ones_and_one_error(predictor: Predictor) -> None:
+    good = [_sample("PNEUMONIA", 2), _sample("NORMAL", 2)]
+    at = _upload(_app(), *[(p.name, p.read_bytes(), "image/jpeg") for p in good],
+                 ("notes.png", b"Patient notes: film looks fine.\nSee you Tuesday.\n", "image/png"))
+    assert not at.exception
+    assert len(at.error) == 1
+    message = at.error[0].value
+    assert "notes.png" in message and "\n" not in message and "Traceback" not in message
+    assert len(at.expander) == 2  # one result per readable file
+    assert len(at.get("plotly_chart")) == 2
+    table = _table_with(at, "file")
+    assert list(table["file"]) == [good[0].name, good[1].name, "notes.png"]
+    assert table["prediction"].notna().sum() == 2 and table["error"].notna().sum() == 1
+    assert str(table["image"][0]).startswith("data:image/png;base64,")
+    assert any(b.proto.label == "Download results (CSV)" for b in at.get("download_button"))
+
+
+def test_unexpected_failure_is_one_generic_line_and_other_files_still_show(
+        predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Predictor.predict
+
+    def flaky(self, image, model_id=None, **kwargs):
+        if image.name == "boom.png":
+            raise RuntimeError("secret internals /srv/model.py line 12")
+        return original(self, image, model_id, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict", flaky)
+    good = _sample("PNEUMONIA", 3)
+    at = _upload(_app(), (good.name, good.read_bytes(), "image/jpeg"),
+                 ("boom.png", _png(_sample("NORMAL", 3)), "image/png"))
+    assert not at.exception
+    assert [e.value for e in at.error] == ["could not analyse boom.png: internal error"]
+    assert not any("secret internals" in t for t in _texts(at))
+    assert len(at.expander) == 1
+
+
+def test_bad_input_corpus_as_one_batch(predictor: Predictor) -> None:
+    corpus = pytest.importorskip("tests.corpus")
+    files = corpus.bad_input_corpus(_sample("PNEUMONIA").read_bytes())
+    at = AppTest.from_file(APP, default_timeout=240).run()
+    at.file_uploader(key="uploads").set_value([(f.name, f.data, "application/octet-stream") for f in files]).run()
+    assert not at.exception
+    unreadable = [f for f in files if not f.readable]
+    errors = [e.value for e in at.error]
+    assert len(errors) == len(unreadable), errors
+    for f, message in zip(unreadable, errors, strict=True):  # errors appear in upload order
+        assert f.name in message and "\n" not in message
+    assert len(at.expander) == len(files) - len(unreadable)
+    text = "\n".join(_texts(at))
+    assert corpus.PATIENT_NAME.split("^")[0] not in text and corpus.PATIENT_ID not in text
+
+
+# --- examples, compare-all, heatmap settings, reports --------------------------------------------------
+
+def test_example_button_loads_an_example(predictor: Predictor) -> None:
+    at = _app()
+    label, example = diagnosis.sample_examples()[0]
+    at.button(key=f"example_{label}").click().run()
+    _assert_prediction_shown(at, predictor)
+    assert any(example.label in c for img in at.image for c in img.captions if c)
+    at.button(key="clear_example").click().run()
+    assert not at.exception and not at.get("plotly_chart")
+
+
+def test_dataset_explorer_hand_over_is_honoured_and_confined(predictor: Predictor) -> None:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["diagnose_example"] = f"test/NORMAL/{_sample('NORMAL').name}"
+    at.run()
+    _assert_prediction_shown(at, predictor)
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["diagnose_example"] = "../../../etc/passwd"
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "outside the data folder" in at.error[0].value
+    at.button(key="clear_example").click().run()  # a broken hand-over can be dismissed
+    assert not at.exception and not at.error
+
+
+def test_compare_all_shows_every_binary_model(predictor: Predictor) -> None:
+    path = _sample("PNEUMONIA")
+    at = _upload(_app(), (path.name, path.read_bytes(), "image/jpeg"))
+    at.radio(key="diagnose_mode").set_value("Compare all").run()
+    assert not at.exception
+    table = _table_with(at, "model")
+    assert list(table["model"]) == predictor.model_ids("binary")
+    assert {"prediction", "threshold"} <= set(table.columns)
+    assert any(c.startswith("P(") for c in table.columns)
+
+
+def test_changing_cam_method_target_and_opacity(predictor: Predictor) -> None:
+    path = _sample("PNEUMONIA")
+    at = _upload(_app(), (path.name, path.read_bytes(), "image/jpeg"))
+    at.selectbox(key="cam_method").set_value("gradcam++").run()
+    assert not at.exception
+    for target in predictor.get(predictor.default_model_id()).classes:
+        at.selectbox(key="cam_target").set_value(target).run()
+        assert not at.exception and not at.error
+        captions = [c for img in at.image for c in img.captions if c]
+        assert any(f"gradcam++ heatmap of {target}" in c for c in captions), captions
+    before = at.image[1].value
+    at.slider(key="cam_opacity").set_value(0.9).run()
+    assert not at.exception and at.image[1].value != before  # re-blended
+
+
+def test_report_download_buttons_exist(predictor: Predictor) -> None:
+    path = _sample("NORMAL")
+    at = _upload(_app(), (path.name, path.read_bytes(), "image/jpeg"))
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Report (PNG)" in labels and "Report (PDF)" in labels
+
+
+@pytest.fixture(scope="module")
+def combined_weights(_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The installed models plus, replacing any installed ones: a one-member ensemble, a k-NN whose memory
+    is all positive (so it always predicts the positive class), a random subtype model, and a random
+    autoencoder with a threshold near 0 (so every image is flagged out-of-distribution)."""
+    target = tmp_path_factory.mktemp("combined") / "weights"
+    shutil.copytree(_weights, target)
+    pred = Predictor(target)
+    backbone = next((m for m in [pred.default_model_id(), *pred.model_ids("binary")]
+                     if pred.cards()[m].get("kind") == "classifier"), None)
+    if backbone is None:
+        pytest.skip("no single-network binary classifier installed")
+    model = pred.get(backbone)
+    classes = model.classes
+    write_model(target, "ensemble", {}, {"kind": "ensemble", "arch": "ensemble", "task": "binary",
+                                         "classes": classes, "members": [backbone], "threshold": 0.5})
+    with torch.inference_mode():
+        dim = model.module.embed(to_input(np.zeros((64, 64), np.uint8), model.preprocessing)).shape[1]
+    memory = torch.nn.functional.normalize(torch.randn(20, dim, generator=torch.Generator().manual_seed(0)), dim=1)
+    write_model(target, "knn-test", {"embeddings": memory, "labels": torch.ones(20, dtype=torch.int64)},
+                {"kind": "knn", "arch": "knn", "task": "binary", "classes": classes, "backbone": backbone, "k": 5,
+                 "preprocessing": model.card["preprocessing"], "threshold": 0.5})
+    small = {"input_size": 64, "mean": 0.5, "std": 0.25, "resize": "squash"}
+    torch.manual_seed(0)
+    write_model(target, "cnn4-subtype", create_model("cnn4", 3).state_dict(),
+                {"kind": "classifier", "arch": "cnn4", "task": "subtype", "classes": ["normal", "bacteria", "virus"],
+                 "preprocessing": small})
+    write_model(target, "autoencoder", create_model("autoencoder").state_dict(),
+                {"kind": "autoencoder", "arch": "autoencoder", "task": "anomaly", "classes": [], "threshold": 1e-9,
+                 "preprocessing": {**small, "mean": 0.0, "std": 1.0}})
+    return target
+
+
+@pytest.mark.parametrize(("model_id", "note"), [("ensemble", "first member"), ("knn-test", "its backbone")])
+def test_models_without_their_own_network_explain_a_stand_in(
+        model_id: str, note: str, combined_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXRDEMO_WEIGHTS", str(combined_weights))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["active_model"] = model_id
+    at.run()
+    path = _sample("PNEUMONIA")
+    _upload(at, (path.name, path.read_bytes(), "image/jpeg"))
+    assert not at.exception and not at.error
+    assert len(at.image) >= 2
+    assert any(note in c.value for c in at.caption), [c.value for c in at.caption]
+    assert any(f"({model_id})" in c.value for c in at.caption)  # the decision names the chosen model
+    at.radio(key="diagnose_mode").set_value("Compare all").run()
+    assert model_id in list(_table_with(at, "model")["model"])
+
+
+def test_ood_warning_subtype_and_reconstruction(combined_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXRDEMO_WEIGHTS", str(combined_weights))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.session_state["active_model"] = "knn-test"  # always predicts the positive class
+    at.run()
+    path = _sample("NORMAL")
+    _upload(at, (path.name, path.read_bytes(), "image/jpeg"))
+    assert not at.exception and not at.error
+    assert any("does not look like a chest X-ray" in w.value for w in at.warning)
+    subtype_classes = Predictor(combined_weights).get("cnn4-subtype").classes
+    assert [m.label for m in at.metric] == subtype_classes
+    images = len(at.image)
+    at.checkbox(key="show_reconstruction").check().run()
+    assert not at.exception and len(at.image) == images + 2
+
+
+# --- the page's glue, without Streamlit ----------------------------------------------------------------
+
+def test_memo_is_a_bounded_lru() -> None:
+    store: dict = {}
+    calls = []
+    for key in ["a", "b", "a", "c", "d"]:
+        diagnosis.memo(store, key, lambda k=key: calls.append(k) or k.upper(), max_entries=2)
+    assert calls == ["a", "b", "c", "d"]  # the second "a" was a hit
+    assert list(store) == ["c", "d"]
+
+
+def test_every_binary_model_can_be_explained(predictor: Predictor) -> None:
+    pixels = load_image(_sample("PNEUMONIA").read_bytes(), "x.jpeg").pixels
+    for model_id in predictor.model_ids("binary"):
+        prediction = predictor.predict(load_image(_sample("PNEUMONIA").read_bytes(), "x.jpeg"), model_id)
+        heat = diagnosis.heatmap(predictor, pixels, model_id, method="gradcam", target=prediction.prediction)
+        assert heat.heatmap.shape == pixels.shape and heat.heatmap.dtype == np.uint8
+        assert heat.target == prediction.prediction
+        kind = predictor.get(model_id).kind
+        assert (heat.note is None) == (kind == "classifier") and (heat.network == model_id) == (kind == "classifier")
+
+
+def test_probability_figure_marks_threshold_only_for_binary() -> None:
+    binary = Prediction("x", "m", "B", {"A": 0.3, "B": 0.7}, 0.42)
+    shapes = diagnosis.probability_figure(binary).to_dict()["layout"]["shapes"]
+    assert len(shapes) == 1 and shapes[0]["x0"] == 0.42 and shapes[0]["y0"] < 1 < shapes[0]["y1"]
+    three = Prediction("x", "m", "b", {"a": 0.2, "b": 0.5, "c": 0.3}, None)
+    assert not diagnosis.probability_figure(three).to_dict()["layout"].get("shapes")
+    assert "most probable" in diagnosis.decision_text(three)
+    assert "at or above the threshold 0.420" in diagnosis.decision_text(binary)

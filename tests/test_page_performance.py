@@ -1,0 +1,159 @@
+"""AppTest of the model performance page (pages/performance.py).
+
+Every installed model with stored predictions is selected in turn; a synthetic registry (from
+tests/test_performance.py) adds a 3-class model and a probabilities-only ensemble whatever is installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cxrdemo import performance
+from cxrdemo.paths import REPO_ROOT
+from cxrdemo.registry import list_cards
+from tests.test_performance import MISSING_FROM_SAMPLE, write_synthetic_models
+
+INSTALLED = sorted(performance.evaluated_cards())
+BINARY = [m for m in INSTALLED if len(list_cards()[m].get("classes", [])) == 2]
+MULTICLASS = [m for m in INSTALLED if len(list_cards()[m].get("classes", [])) > 2]
+CLASSIFIERS = [m for m in INSTALLED if list_cards()[m].get("kind", "classifier") == "classifier"]
+
+
+def open_performance() -> AppTest:
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=90).run()
+    at.switch_page("pages/performance.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def select_model(at: AppTest, model_id: str) -> AppTest:
+    at.selectbox(key="performance_model").set_value(model_id).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    """Plotly figures of the page by title."""
+    figures = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return {f["layout"].get("title", {}).get("text", ""): f for f in figures}
+
+
+def confusion_shape(at: AppTest) -> tuple[int, int]:
+    figure = next(f for title, f in charts(at).items() if title.startswith("Confusion matrix"))
+    heat = figure["data"][0]
+    return len(heat["y"]), len(heat["x"])
+
+
+@pytest.fixture()
+def sample_data(monkeypatch: pytest.MonkeyPatch, sample_dir: Path) -> Path:
+    monkeypatch.setenv("CXRDEMO_DATA", str(sample_dir))
+    return sample_dir
+
+
+@pytest.fixture()
+def synthetic_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample_data: Path) -> Path:
+    directory = tmp_path / "weights"
+    write_synthetic_models(directory)
+    monkeypatch.setenv("CXRDEMO_WEIGHTS", str(directory))
+    return directory
+
+
+# --- installed models -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_id", INSTALLED)
+def test_page_renders_for_every_installed_model(model_id: str, sample_data: Path):
+    at = select_model(open_performance(), model_id)
+    assert at.subheader[0].value.startswith(model_id)
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["metric", "value", "95 % CI"] and table["metric"].iloc[0].startswith("AUROC")
+    titles = list(charts(at))
+    assert any(t.startswith("Confusion matrix") for t in titles) and any(t.startswith("ROC") for t in titles)
+    assert any(t.startswith("All models") for t in titles)
+    assert at.selectbox(key="performance_split").value == "test"
+    for split in performance.available_splits(model_id)[1:]:
+        at.selectbox(key="performance_split").set_value(split).run()
+        assert not at.exception, (split, at.exception)
+    n_classes = len(list_cards()[model_id]["classes"])
+    assert confusion_shape(at) == (n_classes, n_classes)
+
+
+@pytest.mark.parametrize("model_id", BINARY[:1] + [m for m in BINARY[1:] if m == "ensemble"])
+def test_threshold_slider_updates_sensitivity(model_id: str, sample_data: Path):
+    at = select_model(open_performance(), model_id)
+    slider = at.slider(key=f"performance_threshold_{model_id}")
+    assert slider.value == pytest.approx(list_cards()[model_id]["threshold"])
+    before = metric(at, "Sensitivity")
+    slider.set_value(0.0).run()
+    assert metric(at, "Sensitivity") == "1.000" and metric(at, "Specificity") == "0.000"
+    title = next(t for t in charts(at) if t.startswith("Confusion matrix"))
+    assert title == "Confusion matrix at 0.000"
+    at.slider(key=f"performance_threshold_{model_id}").set_value(1.0).run()
+    assert float(metric(at, "Sensitivity")) <= float(before) and metric(at, "Specificity") == "1.000"
+    assert not at.exception
+
+
+@pytest.mark.parametrize("model_id", MULTICLASS)
+def test_installed_three_class_model_shows_a_3x3_matrix(model_id: str, sample_data: Path):
+    at = select_model(open_performance(), model_id)
+    assert confusion_shape(at) == (3, 3)
+    assert not [s for s in at.slider if s.key and s.key.startswith("performance_threshold_")]
+    assert len(at.dataframe[1].value) == 3  # per-class table
+
+
+@pytest.mark.full_data
+@pytest.mark.parametrize("model_id", CLASSIFIERS[:1])
+def test_gradcam_gallery_on_the_full_dataset(model_id: str, monkeypatch: pytest.MonkeyPatch, full_data_dir: Path):
+    monkeypatch.setenv("CXRDEMO_DATA", str(full_data_dir))
+    at = select_model(open_performance(), model_id)
+    if performance.misclassified(model_id, "test").empty:
+        pytest.skip(f"{model_id} makes no mistakes on test")
+    shown = len(at.image)
+    assert shown > 0 and not [i for i in at.info if "not available" in i.value]
+    at.button(key="performance_cam_btn").click().run()
+    assert not at.exception and not at.warning
+    overlays = [c for img in at.image for c in img.captions if c.startswith("Grad-CAM of")]
+    assert len(overlays) == shown and len(at.image) == 2 * shown
+
+
+# --- synthetic registry: 3 classes, ensemble without Grad-CAM, images missing from the sample --------
+
+
+def test_three_class_model_shows_a_3x3_matrix(synthetic_weights: Path):
+    at = select_model(open_performance(), "toy-subtype")
+    assert confusion_shape(at) == (3, 3)
+    per_class = at.dataframe[1].value
+    assert per_class["class"].tolist() == ["normal", "bacteria", "virus"]
+    assert not [s for s in at.slider if s.key and s.key.startswith("performance_threshold_")]
+    assert any(t.startswith("ROC curve (one-vs-rest)") for t in charts(at))
+    assert any("Precision-recall curves are drawn for binary models" in i.value for i in at.info)
+    # a classifier without weights on disk: Grad-CAM fails with a message, not an exception
+    if "performance_cam_btn" in [b.key for b in at.button]:
+        at.button(key="performance_cam_btn").click().run()
+        assert not at.exception
+
+
+def test_ensemble_gallery_notes(synthetic_weights: Path):
+    at = select_model(open_performance(), "ensemble")
+    assert any(i.value.startswith("Images not available with the bundled sample") for i in at.info)
+    assert any(c.value.startswith("No Grad-CAM for ensemble") for c in at.caption)
+    assert "performance_cam_btn" not in [b.key for b in at.button]
+    assert any(MISSING_FROM_SAMPLE in m.value for m in at.markdown)  # shown by path instead of an image
+    at.slider(key="performance_threshold_ensemble").set_value(0.0).run()
+    assert metric(at, "Sensitivity") == "1.000" and not at.exception
+    comparison = charts(at)["All models on the test split (card metrics, 95 % CI)"]
+    assert {trace["name"] for trace in comparison["data"]} == {"AUROC", "Accuracy"}
+
+
+def test_no_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample_data: Path):
+    monkeypatch.setenv("CXRDEMO_WEIGHTS", str(tmp_path))
+    at = open_performance()
+    assert "No installed model has stored predictions" in at.info[0].value
