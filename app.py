@@ -2,14 +2,7 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="cxrdemo", page_icon="🫁", layout="wide")
+from cxrdemo.ui import navigation
 
-navigation = st.navigation(
-    [
-        st.Page("pages/diagnose.py", title="Diagnose", icon="🩻", default=True),
-        st.Page("pages/explorer.py", title="Dataset explorer", icon="🗂️"),
-        st.Page("pages/performance.py", title="Model performance", icon="📈"),
-        st.Page("pages/admin.py", title="Admin", icon="🔐"),
-    ]
-)
-navigation.run()
+st.set_page_config(page_title="cxrdemo", page_icon="🫁", layout="wide")
+navigation()

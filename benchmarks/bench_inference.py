@@ -75,8 +75,8 @@ def main() -> None:
     command = f"python -m benchmarks.bench_inference --repeats {args.repeats} --threads {args.threads}"
     print(f"# CPU: {platform.processor() or platform.machine()}, torch threads {args.threads}, "
           f"torch {torch.__version__}; input {len(data) // 1024} KB JPEG 1600x1200")
-    print(f"| model | input | load ms | predict p50/p95 ms | predict+Grad-CAM p50/p95 ms | typical path p50/p95 ms "
-          f"| batch of 32 ms | command |")
+    print("| model | input | load ms | predict p50/p95 ms | predict+Grad-CAM p50/p95 ms | typical path p50/p95 ms "
+          "| batch of 32 ms | command |")
     print("|---|---|---|---|---|---|---|---|")
     for model_id, card in predictor.cards().items():
         if card.get("kind") != "classifier":

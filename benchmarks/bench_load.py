@@ -14,13 +14,13 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cxrdemo.paths import SAMPLE_DIR
+from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
 
 
 def one_session(files, uploads: int) -> list[float]:
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file("app.py", default_timeout=300).run()
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=300).run()
     latencies = []
     for i in range(uploads):
         path = files[i % len(files)]

@@ -127,7 +127,9 @@ def finalize_autoencoder(result, *, model_id: str = "autoencoder") -> dict:
         tables.append(pd.DataFrame({"path": test["path"], "split": "test", "label": test["label"], "score": scores}))
     buffer = io.StringIO()
     pd.concat(tables).to_csv(buffer, index=False, float_format="%.6g")
+    statistics = fit_image_statistics(dataset, cfg.val_fraction, cfg.seed)
     card = {
+        "image_statistics": statistics,
         "kind": "autoencoder", "arch": "autoencoder", "task": "anomaly", "classes": [],
         "preprocessing": {"input_size": cfg.input_size, "mean": 0.0, "std": 1.0, "resize": "squash"},
         "training": {**cfg.to_dict(), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
@@ -140,6 +142,16 @@ def finalize_autoencoder(result, *, model_id: str = "autoencoder") -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return write_model(Path(cfg.out), model_id, result.model.state_dict(), card, buffer.getvalue(), run=True)
+
+
+def fit_image_statistics(dataset, val_fraction: float, seed: int) -> dict:
+    """The second out-of-distribution signal (see `cxrdemo.ood`), fitted on all training images."""
+    from cxrdemo.data import patient_split
+    from cxrdemo.ood import STATISTICS_SIZE, fit_statistics
+    from cxrdemo.tensor_cache import load_pixels
+
+    train_side, val_side = patient_split(dataset.split("train"), val_fraction=val_fraction, seed=seed)
+    return fit_statistics(load_pixels(dataset, train_side, STATISTICS_SIZE), load_pixels(dataset, val_side, STATISTICS_SIZE))
 
 
 def _none_if_nan(value: float) -> float | None:

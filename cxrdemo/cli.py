@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", default="knn-binary")
     p = sub.add_parser("build-ensemble", help="choose ensemble members on validation")
     p.add_argument("--members", nargs="*")
+    p = sub.add_parser("fit-ood", help="(re)fit the image-statistics out-of-distribution check of the autoencoder")
+    p.add_argument("--data")
     p = sub.add_parser("make-sample", help="(re)build data/sample from a full dataset")
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="data/sample")
@@ -228,6 +230,22 @@ def cmd_build_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_ood(args: argparse.Namespace) -> int:
+    from cxrdemo.anomaly import fit_image_statistics
+    from cxrdemo.data import load_dataset
+    from cxrdemo.paths import weights_dir
+    from cxrdemo.registry import load_card
+    from cxrdemo.runlog import atomic_write_json
+
+    card = load_card("autoencoder")
+    training = card.get("training", {})
+    card["image_statistics"] = fit_image_statistics(load_dataset(args.data), training.get("val_fraction", 0.15),
+                                                    training.get("seed", 0))
+    atomic_write_json(weights_dir() / "autoencoder.json", card)
+    print(f"image-statistics threshold {card['image_statistics']['threshold']:.1f}")
+    return 0
+
+
 def cmd_make_sample(args: argparse.Namespace) -> int:
     from cxrdemo.sample import make_sample
 
@@ -244,7 +262,7 @@ def cmd_make_compact(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
             "promote": cmd_promote, "rollback": cmd_rollback, "build-knn": cmd_build_knn,
-            "build-ensemble": cmd_build_ensemble, "make-sample": cmd_make_sample, "make-compact": cmd_make_compact}
+            "build-ensemble": cmd_build_ensemble, "fit-ood": cmd_fit_ood, "make-sample": cmd_make_sample, "make-compact": cmd_make_compact}
 
 
 def main(argv: list[str] | None = None) -> int:

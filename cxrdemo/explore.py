@@ -216,14 +216,25 @@ def record(dataset: Dataset, path: str) -> dict:
 
 def record_rows(info: dict) -> pd.DataFrame:
     """`record(...)` as a two-column table of strings (field, value) for display."""
-    rows = []
-    for key, value in info.items():
-        if key == "duplicates":
-            value = ", ".join(value) if value else "none"
-        elif key == "low_resolution_source":
-            value = "yes (224 px squashed copy)" if value == 1 else "no"
-        rows.append({"field": key.replace("_", " "), "value": "–" if value is None else str(value)})
-    return pd.DataFrame(rows)
+
+    def size(w: str, h: str) -> str | None:
+        return f"{info[w]} × {info[h]} px" if info.get(w) is not None and info.get(h) is not None else None
+
+    low = info.get("low_resolution_source")
+    values = {
+        "path": info.get("path"),
+        "split": info.get("split"),
+        "label": info.get("label"),
+        "subtype": info.get("subtype"),
+        "patient": info.get("patient_id"),
+        "size": size("width", "height"),
+        "source size": size("source_width", "source_height"),
+        "low-res copy": None if low is None else ("yes (224 px, aspect lost)" if low == 1 else "no"),
+        "source": info.get("source"),
+        "sha256": info.get("sha256"),
+        "duplicates": ", ".join(info.get("duplicates") or []) or "none",
+    }
+    return pd.DataFrame([{"field": k, "value": "–" if v is None else str(v)} for k, v in values.items()])
 
 
 def _plain(value):

@@ -73,6 +73,12 @@ class Job:
         return int(records[-1]["epoch"]) if records else 0
 
     @property
+    def best_val_auroc(self) -> float | None:
+        """The best validation AUROC of any epoch so far (the trainer keeps that checkpoint)."""
+        values = [r["val_auroc"] for r in self.epoch_records if r.get("val_auroc") is not None]
+        return max(values) if values else None
+
+    @property
     def model_id(self) -> str | None:
         return self.card.get("id") if self.card else None
 

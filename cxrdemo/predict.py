@@ -19,13 +19,14 @@ from cxrdemo.calibration import apply_temperature
 from cxrdemo.explain import Explanation, explain
 from cxrdemo.imaging import LoadedImage
 from cxrdemo.knn import neighbour_probabilities
-from cxrdemo.preprocess import to_input, to_unit
+from cxrdemo.ood import statistics_distance
 from cxrdemo.paths import weights_dir
+from cxrdemo.preprocess import to_input, to_unit
 from cxrdemo.registry import LoadedModel, ModelLoadError, list_cards, load_model
 
 DEFAULT_PREFERENCE = ("resnet18-binary", "zubinrnet-binary", "cnn4-binary")
 SUBTYPE_PREFERENCE = ("resnet18-subtype", "cnn4-subtype")
-OOD_WARNING = "does not look like a chest X-ray like the training data (autoencoder anomaly score {:.4f} > {:.4f})"
+OOD_WARNING = "does not look like a chest X-ray like the training data"
 
 
 @dataclass
@@ -177,14 +178,23 @@ class Predictor:
 
     @torch.inference_mode()
     def out_of_distribution(self, pixels: np.ndarray) -> tuple[bool | None, float | None, str | None]:
-        """(flagged, score, warning) from the autoencoder's reconstruction error."""
+        """(flagged, autoencoder score, warning): reconstruction error or image statistics out of range."""
         ae = self.autoencoder()
         if ae is None:
             return None, None, None
         x = to_unit(pixels, ae.preprocessing.input_size)
         score = float(((ae.module(x) - x) ** 2).mean())
-        flagged = score > ae.threshold
-        return flagged, score, OOD_WARNING.format(score, ae.threshold) if flagged else None
+        reasons = []
+        if score > ae.threshold:
+            reasons.append(f"autoencoder reconstruction error {score:.4f} > {ae.threshold:.4f}")
+        statistics = ae.card.get("image_statistics")
+        if statistics:
+            distance = statistics_distance(pixels, statistics)
+            if distance > statistics["threshold"]:
+                reasons.append(f"image statistics distance {distance:.0f} > {statistics['threshold']:.0f}")
+        if not reasons:
+            return False, score, None
+        return True, score, f"{OOD_WARNING}: {'; '.join(reasons)}"
 
     @torch.inference_mode()
     def reconstruction(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -14,6 +14,31 @@ from cxrdemo.predict import Predictor
 
 NOTICE = "Research demo, not for clinical use: predictions are not a diagnosis."
 MODEL_KEY = "active_model"
+# (file, title, icon) of every page; app.py builds the navigation from this list
+PAGES = [
+    ("pages/diagnose.py", "Diagnose", "🩻"),
+    ("pages/explorer.py", "Dataset explorer", "🗂️"),
+    ("pages/performance.py", "Model performance", "📈"),
+    ("pages/admin.py", "Admin", "🔐"),
+]
+_NAVIGATION_RAN = "_cxrdemo_navigation_ran"
+_DEEP_LINK = "_cxrdemo_deep_link"
+
+
+def navigation() -> None:
+    """Build and run the app's navigation (called by app.py only).
+
+    A deep link (say /admin) as the very first request of a fresh server makes Streamlit run the page
+    file on its own, in its old `pages/` folder mode, without app.py: `page_frame` notices and sends the
+    session through app.py once, and this function then forwards it to the page it asked for.
+    """
+    st.session_state[_NAVIGATION_RAN] = True
+    pages = [st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)]
+    current = st.navigation(pages)
+    target = st.session_state.pop(_DEEP_LINK, None)
+    if target:
+        st.switch_page(target)
+    current.run()
 
 
 @st.cache_resource(show_spinner=False)
@@ -42,6 +67,9 @@ def active_model(pred: Predictor) -> str | None:
 
 def page_frame(title: str, icon: str = "") -> Predictor:
     """Title, notice and sidebar shared by every page."""
+    if not st.session_state.get(_NAVIGATION_RAN):
+        st.session_state[_DEEP_LINK] = next((path for path, name, _ in PAGES if name == title), PAGES[0][0])
+        st.switch_page("app.py")
     pred = predictor()
     st.title(f"{icon} {title}".strip())
     st.caption(NOTICE)

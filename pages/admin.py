@@ -94,7 +94,10 @@ def start_ui(running: jobs.Job | None) -> None:
 def jobs_ui(pred, watching: str | None) -> None:
     """Progress of the running job `watching` (if any), then the history; polled while a job runs."""
     if watching is not None:
-        job = jobs.get_job(watching)
+        try:
+            job = jobs.get_job(watching)
+        except jobs.JobError:  # its folder was removed meanwhile
+            st.rerun()
         if job.state != "running":
             st.rerun()  # it ended: a full run re-enables the form and stops the polling
         progress_ui(job)
@@ -167,9 +170,8 @@ def history_ui(pred) -> None:
 def history_table(history: list[jobs.Job]) -> pd.DataFrame:
     rows = []
     for job in history:
-        aurocs = [r["val_auroc"] for r in job.epoch_records if r.get("val_auroc") is not None]
         rows.append({"job": job.id, "state": job.state, "epochs": f"{job.epochs_done}/{job.epochs}",
-                     "val AUROC": max(aurocs) if aurocs else None, "error": job.error or "",
+                     "val AUROC": job.best_val_auroc, "error": job.error or "",
                      "images": str(job.subset or "all"), "device": job.device,
                      "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(job.started))})
     return pd.DataFrame(rows)

@@ -83,8 +83,8 @@ def detail_ui(root: str, dataset: Dataset, frame) -> None:
     if selected is None:
         return
     info = explore.record(dataset, selected)
-    left, right = st.columns([3, 2])
-    left.image(thumbnail_of(root, selected, explore.DETAIL_PX), caption=selected)
+    left, right = st.columns([1, 1])
+    left.image(thumbnail_of(root, selected, explore.DETAIL_PX), caption=selected, width="stretch")
     with right:
         st.table(explore.record_rows(info), hide_index=True, hide_header=True)
         if info["duplicates"]:

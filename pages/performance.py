@@ -64,8 +64,12 @@ def choose_model_ui(cards: dict) -> tuple[str, str]:
     active = st.session_state.get(MODEL_KEY)  # the sidebar's model, unless one was picked here
     left, right = st.columns(2)
     model_id = left.selectbox(
-        "Model", ids, key="performance_model", index=ids.index(active) if active in ids else 0,
-        format_func=lambda i: f"{i}  ({cards[i].get('kind', 'classifier')}, {len(cards[i].get('classes', []))} classes)")
+        "Model",
+        ids,
+        key="performance_model",
+        index=ids.index(active) if active in ids else 0,
+        format_func=lambda i: f"{i} ({cards[i].get('kind', 'classifier')}, {len(cards[i].get('classes', []))} classes)",
+    )
     splits = performance.available_splits(model_id)
     keep_valid("performance_split", splits)
     split = right.selectbox("Split", splits, key="performance_split", format_func=performance.SPLIT_LABELS.get)
@@ -170,7 +174,8 @@ def gallery_ui(pred, model_id: str, split: str, threshold: float | None, card: d
     reason = performance.cam_unavailable({**card, "id": model_id})
     if reason:
         st.caption(reason)
-    elif dataset is not None and st.button(f"Compute Grad-CAM for these {len(shown)} images", key="performance_cam_btn"):
+    elif dataset is not None and st.button(f"Compute Grad-CAM for these {len(shown)} images",
+                                           key="performance_cam_btn"):
         st.session_state[CAM_KEY] = model_id
     with_cam = not reason and dataset is not None and st.session_state.get(CAM_KEY) == model_id
     for start in range(0, len(shown), GALLERY_COLUMNS):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cxrdemo.imaging import load_image_file
+from cxrdemo.paths import REPO_ROOT
 from cxrdemo.predict import Predictor
 
 
@@ -46,7 +47,7 @@ def test_parallel_app_sessions_are_isolated(sample_dir: Path):
     files = sorted((sample_dir / "test").glob("*/*.jpeg"))[:4]
 
     def session(path: Path) -> list[str]:
-        at = AppTest.from_file("app.py", default_timeout=120).run()
+        at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120).run()
         at.file_uploader(key="uploads").upload(path.name, path.read_bytes(), "image/jpeg").run()
         assert not at.exception
         return [m.value for m in at.markdown] + [s.value for s in at.subheader] + [str(e.value) for e in at.caption]

@@ -174,6 +174,11 @@ def test_record(sample):
     assert {"split", "label", "subtype", "patient_id", "width", "height", "sha256"} <= set(info)
     rows = explore.record_rows(info)
     assert list(rows.columns) == ["field", "value"] and rows["value"].map(type).eq(str).all()
+    fields = rows.set_index("field")["value"]
+    assert fields["size"] == f"{info['width']} × {info['height']} px" and fields["duplicates"] == "none"
+    low = sample.frame[sample.frame["low_resolution_source"] == 1]["path"].iloc[0]
+    fields = explore.record_rows(explore.record(sample, low)).set_index("field")["value"]
+    assert fields["low-res copy"].startswith("yes") and fields["source size"] == "224 × 224 px"
     with pytest.raises(KeyError):
         explore.record(sample, "train/NORMAL/not-there.jpeg")
 

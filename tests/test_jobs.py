@@ -67,6 +67,7 @@ def test_tiny_job_finishes_then_promote_and_rollback(runs: Path, weights_copy: P
     assert listed.id == job.id and listed.state == "finished"
     assert listed.epochs_done == 1 and listed.epoch_records[0]["val_loss"] > 0
     assert listed.card["id"] == "cnn4-binary" and listed.error is None
+    assert listed.best_val_auroc == listed.epoch_records[0]["val_auroc"]
     assert jobs.running_job() is None
     rows = {r["metric"]: r for r in jobs.compare_metrics(listed)}
     assert rows["roc_auc"]["this run"] == listed.card["metrics"]["val"]["roc_auc"]["value"]

@@ -23,8 +23,8 @@ from streamlit.testing.v1 import AppTest
 
 from cxrdemo import diagnosis
 from cxrdemo.imaging import load_image
-from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
 from cxrdemo.models import create_model
+from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
 from cxrdemo.predict import Prediction, Predictor
 from cxrdemo.preprocess import to_input
 from cxrdemo.registry import write_model

@@ -87,8 +87,9 @@ def test_open_image_and_send_to_diagnose(on_sample):
     assert len(at.image) == grid_images(at) + 1  # the large image
     fields = at.table[0].value.set_index("field")["value"]
     row = on_sample.frame.set_index("path").loc[path]
-    assert fields["patient id"] == row["patient_id"] and fields["sha256"] == row["sha256"]
-    assert fields["width"] == str(row["width"]) and fields["duplicates"] == "none"
+    assert fields["patient"] == row["patient_id"] and fields["sha256"] == row["sha256"]
+    assert fields["size"] == f"{row['width']} × {row['height']} px" and fields["duplicates"] == "none"
+    assert fields["source size"] == f"{row['source_width']} × {row['source_height']} px"
     at.button(key="send_to_diagnose").click().run()
     assert not at.exception
     assert "diagnose" in at.title[0].value.lower()  # switched to the Diagnose page

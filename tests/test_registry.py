@@ -31,8 +31,8 @@ def trained_like_cnn4(seed: int) -> torch.nn.Module:
     model = create_model("cnn4", 2)
     model.train()
     with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(4, 1, 64, 64) * 2 - 1)
+        for _ in range(2):
+            model(torch.rand(4, 1, 32, 32) * 2 - 1)
     return model.eval()
 
 

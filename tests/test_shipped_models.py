@@ -173,7 +173,8 @@ def dataset_for(card: dict, cards: dict[str, dict], full_data_dir: Path):
     for root in (full_data_dir, SAMPLE_DIR):
         if load_dataset(root).fingerprint == fingerprint:
             return root
-    pytest.fail(f"{card['id']} was evaluated on data with fingerprint {fingerprint}, neither {full_data_dir} nor the sample")
+    pytest.fail(f"{card['id']} was evaluated on data with fingerprint {fingerprint}: "
+                f"neither {full_data_dir} nor the bundled sample")
 
 
 def reproduce(model_id: str, shipped: Path, cards: dict[str, dict], full_data_dir: Path) -> None:
