@@ -98,12 +98,23 @@ def cmd_train(args: argparse.Namespace) -> int:
             log.status("finished", model_id=card["id"], best_epoch=result.best_epoch)
             print(json.dumps({"run": cfg.out, "model": card["id"], "best_epoch": result.best_epoch,
                               "val": _headline(card.get("metrics", {}).get("val", {}))}))
-    except (ValueError, RuntimeError, FileNotFoundError, OSError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        log.status("failed", error=message)
+    except (ValueError, RuntimeError, OSError) as err:
+        message = _one_line(err)
+        try:
+            log.status("failed", error=message)
+        except OSError:
+            pass  # the run folder itself is unwritable: the exit code and stderr still say so
         print(f"error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """A user-facing line for an exception: OS errors name the file and the reason, not an errno dump."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _headline(metrics: dict) -> dict:
@@ -271,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (ModelLoadError, ValueError, FileNotFoundError, OSError) as err:
-        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+    except (ModelLoadError, ValueError, OSError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -1,8 +1,9 @@
 """The ensemble: calibrated probabilities of binary models averaged.
 
-Members are chosen by greedy forward selection on validation AUROC from the stored per-image
+Members are chosen by greedy forward selection on validation log-loss from the stored per-image
 validation predictions (all candidates share the same patient split), and the threshold is
-Youden's J on validation. Test predictions are only combined and reported afterwards.
+Youden's J on validation. Log-loss rather than AUROC: validation AUROC saturates near 0.998 on this
+data, so it cannot tell a better average from a worse one. Test predictions are only combined and reported afterwards.
 """
 
 from __future__ import annotations
@@ -29,17 +30,22 @@ def _aligned(model_ids: list[str], directory: Path, split: str) -> tuple[pd.Data
     return first, {m: t.loc[common, "prob_PNEUMONIA"].to_numpy() for m, t in tables.items()}
 
 
+def log_loss(y: np.ndarray, p_pos: np.ndarray) -> float:
+    p = np.clip(p_pos, 1e-6, 1 - 1e-6)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
 def select_members(val_probs: dict[str, np.ndarray], y: np.ndarray, max_members: int = 5) -> list[str]:
-    """Greedy forward selection (with replacement off) on validation AUROC, ties to fewer members."""
+    """Greedy forward selection (without replacement) on validation log-loss; ties go to fewer members."""
     chosen: list[str] = []
-    best = -1.0
+    best = np.inf
     while len(chosen) < max_members:
-        trials = [(auroc(y, np.mean([val_probs[m] for m in chosen + [c]], axis=0)), c)
-                  for c in val_probs if c not in chosen]
+        trials = [(log_loss(y, np.mean([val_probs[m] for m in chosen + [c]], axis=0)), c)
+                  for c in sorted(val_probs) if c not in chosen]
         if not trials:
             break
-        score, candidate = max(trials)
-        if score <= best + 1e-6:
+        score, candidate = min(trials)
+        if score >= best - 1e-6:
             break
         chosen.append(candidate)
         best = score
@@ -70,7 +76,8 @@ def build_ensemble(directory: Path, candidates: list[str] | None = None, model_i
     card = {
         "kind": "ensemble", "arch": "ensemble", "task": "binary", "classes": list(get_task("binary").classes),
         "members": members, "candidates": candidates, "combination": "mean of temperature-scaled probabilities",
-        "selection": "greedy forward selection on validation AUROC", "threshold": threshold,
+        "selection": "greedy forward selection on validation log-loss",
+        "validation_auroc": auroc(y_val, p_val), "threshold": threshold,
         "thresholds": thresholds, "temperature": 1.0, "metrics": metrics,
         "data": {"manifest_fingerprint": cards[members[0]].get("data", {}).get("manifest_fingerprint")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

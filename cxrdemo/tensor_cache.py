@@ -7,6 +7,7 @@ uint8 tensor (5,856 images at 224 px are 294 MB) that can sit on the GPU.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,7 +45,17 @@ def load_pixels(dataset: Dataset, frame: pd.DataFrame, size: int = 224, *, use_c
         images = list(pool.map(lambda f: _decode(f, size), files))
     array = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
     if use_cache:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, array)
-        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
+        _save(array, path)
     return torch.from_numpy(array)
+
+
+def _save(array: np.ndarray, path: Path) -> None:
+    """Atomic write (a killed run never leaves a half-written cache); a full disk only costs the cache."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    except OSError as err:
+        logging.getLogger(__name__).warning("pixel cache not written (%s); continuing without it", err.strerror)
+    finally:
+        tmp.unlink(missing_ok=True)

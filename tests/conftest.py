@@ -39,7 +39,7 @@ def sample_jpeg_bytes(sample_dir: Path) -> bytes:
 def weights_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of `weights/` that the test may change; CXRDEMO_WEIGHTS points at it."""
     target = tmp_path / "weights"
-    shutil.copytree(REPO_ROOT / "weights", target)
+    shutil.copytree(REPO_ROOT / "weights", target, ignore=shutil.ignore_patterns(".rollback"))  # as in a clean clone
     monkeypatch.setenv("CXRDEMO_WEIGHTS", str(target))
     return target
 
@@ -87,7 +87,7 @@ def streamlit_server(tmp_path_factory):
     work = tmp_path_factory.mktemp("server")
     log = work / "server.log"
     weights = work / "weights"
-    _shutil.copytree(REPO_ROOT / "weights", weights)
+    _shutil.copytree(REPO_ROOT / "weights", weights, ignore=_shutil.ignore_patterns(".rollback"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CXRDEMO_ADMIN_PASSWORD": "e2e-secret",
            "CXRDEMO_RUNS": str(work / "runs"), "CXRDEMO_WEIGHTS": str(weights)}
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",

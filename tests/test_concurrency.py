@@ -50,7 +50,8 @@ def test_parallel_app_sessions_are_isolated(sample_dir: Path):
         at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120).run()
         at.file_uploader(key="uploads").upload(path.name, path.read_bytes(), "image/jpeg").run()
         assert not at.exception
-        return [m.value for m in at.markdown] + [s.value for s in at.subheader] + [str(e.value) for e in at.caption]
+        captions = [c for image in at.image for c in image.captions if c]
+        return [m.value for m in at.markdown] + [s.value for s in at.subheader] + captions
 
     with ThreadPoolExecutor(max_workers=len(files)) as pool:
         shown = list(pool.map(session, files))
