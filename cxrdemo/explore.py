@@ -12,7 +12,6 @@ touches a path that did not come from the manifest, and every file is reached th
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from PIL import Image, ImageOps
 
 from cxrdemo.data import Dataset
 from cxrdemo.imaging import load_image_file
+from cxrdemo.registry import sha256_file
 
 RESOLUTIONS = ("all", "full", "low")  # every image / full-resolution source / the 224 px low-resolution copy
 RESOLUTION_LABELS = {
@@ -126,14 +126,6 @@ def shared_patients(frame: pd.DataFrame, a: str = "train", b: str = "test") -> p
     return out.sort_values("patient_id").reset_index(drop=True)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def with_sha256(frame: pd.DataFrame, dataset: Dataset | None = None) -> pd.DataFrame:
     """`frame` with every `sha256` filled in, hashing (through `dataset`) only the files that lack one."""
     hashes = frame["sha256"] if "sha256" in frame else pd.Series(None, index=frame.index, dtype=object)
@@ -143,7 +135,7 @@ def with_sha256(frame: pd.DataFrame, dataset: Dataset | None = None) -> pd.DataF
     if dataset is None:
         raise ValueError("the manifest has no sha256 for some files; pass the Dataset to hash them")
     hashes = hashes.astype(object).copy()
-    hashes[missing] = [file_sha256(dataset.absolute(p)) for p in frame.loc[missing, "path"]]
+    hashes[missing] = [sha256_file(dataset.absolute(p)) for p in frame.loc[missing, "path"]]
     return frame.assign(sha256=hashes)
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from cxrdemo import explore
 from cxrdemo.data import load_dataset
+from cxrdemo.registry import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_duplicate_groups(full):
         "test/NORMAL/NORMAL2-IM-0096-0001.jpeg"]
     # the manifest's hashes are those of the files
     for path in groups["path"].head(3):
-        assert explore.file_sha256(full.absolute(path)) == groups.loc[groups["path"] == path, "sha256"].iloc[0]
+        assert sha256_file(full.absolute(path)) == groups.loc[groups["path"] == path, "sha256"].iloc[0]
 
 
 @pytest.mark.full_data

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cxrdemo import jobs, registry
-from cxrdemo.paths import REPO_ROOT
+from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
 
 TINY = dict(arch="cnn4", task="binary", subset=24, device="cpu")  # ~10 s of CPU on the sample
 
@@ -29,6 +29,7 @@ def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weights_copy: Path):
     """A private runs folder; any job a test leaves running is cancelled afterwards."""
     path = tmp_path / "runs"
     monkeypatch.setenv("CXRDEMO_RUNS", str(path))
+    monkeypatch.setenv("CXRDEMO_DATA", str(SAMPLE_DIR))  # jobs train on the app's data folder: keep them tiny
     yield path
     for job in jobs.list_jobs():
         if job.state == "running":

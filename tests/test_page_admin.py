@@ -15,7 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo import jobs
-from cxrdemo.paths import REPO_ROOT
+from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
 
 PASSWORD = "correct horse"
 
@@ -25,6 +25,7 @@ def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weights_copy: Path):
     path = tmp_path / "runs"
     monkeypatch.setenv("CXRDEMO_RUNS", str(path))
     monkeypatch.setenv("CXRDEMO_ADMIN_PASSWORD", PASSWORD)
+    monkeypatch.setenv("CXRDEMO_DATA", str(SAMPLE_DIR))  # jobs train on the app's data folder: keep them tiny
     yield path
     for job in jobs.list_jobs():
         if job.state == "running":

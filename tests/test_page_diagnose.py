@@ -17,8 +17,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo import diagnosis
@@ -28,6 +26,8 @@ from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
 from cxrdemo.predict import Prediction, Predictor
 from cxrdemo.preprocess import to_input
 from cxrdemo.registry import write_model
+from tests import corpus
+from tests.corpus import dicom_bytes
 
 APP = str(REPO_ROOT / "app.py")
 PATIENT = "Doe^Janet^Private"
@@ -83,29 +83,8 @@ def _dicom(path: Path, bits: int = 16) -> bytes:
     """A CR DICOM (MONOCHROME2, explicit VR little endian) holding a sample X-ray, with a patient name."""
     arr = np.asarray(Image.open(path).convert("L"))
     pixels = (arr.astype(np.uint16) << 4) if bits == 16 else arr  # 12 bits stored in 16, or plain 8-bit
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.BodyPartExamined = "CHEST"
-    ds.PatientName = PATIENT
-    ds.PatientID = "PID-DIAGNOSE-1"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16 if bits == 16 else 8
-    ds.BitsStored = 12 if bits == 16 else 8
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.tobytes()
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return dicom_bytes(pixels, modality="CR", bits_stored=12 if bits == 16 else None, patient_name=PATIENT,
+                       patient_id="PID-DIAGNOSE-1")
 
 
 def _texts(at: AppTest) -> list[str]:
@@ -220,7 +199,6 @@ def test_unexpected_failure_is_one_generic_line_and_other_files_still_show(
 
 
 def test_bad_input_corpus_as_one_batch(predictor: Predictor) -> None:
-    corpus = pytest.importorskip("tests.corpus")
     files = corpus.bad_input_corpus(_sample("PNEUMONIA").read_bytes())
     at = AppTest.from_file(APP, default_timeout=240).run()
     at.file_uploader(key="uploads").set_value([(f.name, f.data, "application/octet-stream") for f in files]).run()

@@ -118,9 +118,12 @@ def test_installed_model_reproduces_its_card(model_id: str):
             if recorded[key]["value"] is None:
                 assert result[key]["value"] is None
                 continue
+            difference = abs(result[key]["value"] - recorded[key]["value"])
+            if difference <= 1e-6:
+                continue  # exact ties (k-NN vote fractions) survive rounding: only near-ties need slack
             slack = _rounding_slack(key, y, probs, result.get("threshold"))
             assert slack < 0.002, (split, key, slack)  # near-ties are rare: the check keeps its teeth
-            assert result[key]["value"] == pytest.approx(recorded[key]["value"], abs=1e-6 + slack), (split, key)
+            assert difference <= 1e-6 + slack, (split, key, difference, slack)
         if len(card["classes"]) == 2:
             assert result["threshold"] == pytest.approx(card["threshold"])
             if _rounding_slack("accuracy", y, probs, card["threshold"]) == 0:

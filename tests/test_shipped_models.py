@@ -7,10 +7,8 @@ the start of the module and check whatever models it holds.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,24 +21,9 @@ from cxrdemo.predict import Predictor
 from cxrdemo.preprocess import Preprocessing
 from cxrdemo.registry import list_cards, load_model, sha256_file
 from cxrdemo.tasks import get_task
+from tests.weights_snapshot import snapshot_weights
 
 TOLERANCE = 0.005  # about 3 of the 624 test images
-
-
-def snapshot_weights(target: Path) -> Path:
-    """Copy the shipped weights; copy again if a promotion was caught halfway (card and weights disagree)."""
-    for _ in range(5):
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(REPO_ROOT / "weights", target, ignore=shutil.ignore_patterns(".rollback"))
-        cards = list_cards(target)
-        if all(
-            "error" not in card and (not card.get("weights_sha256")
-                                     or sha256_file(target / f"{model_id}.safetensors") == card["weights_sha256"])
-            for model_id, card in cards.items()
-        ):
-            break
-        time.sleep(2)
-    return target
 
 
 @pytest.fixture(scope="module")

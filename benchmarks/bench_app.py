@@ -1,0 +1,90 @@
+"""The app as a user meets it, in the system Chromium: cold start and upload-to-answer times.
+
+    python -m benchmarks.bench_app [--repeats 3]
+
+Cold start: from launching `streamlit run app.py` to the Diagnose page rendered in the browser.
+Upload: from handing the browser a bundled chest X-ray to the probability chart and the Grad-CAM
+overlay both visible (default model, CPU), first upload and repeated ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+from playwright.sync_api import expect, sync_playwright
+
+from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    files = sorted((SAMPLE_DIR / "test").glob("*/*.jpeg"))
+    rows = []
+    for attempt in range(args.repeats):
+        port = free_port()
+        start = time.perf_counter()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
+             str(port), "--server.address", "127.0.0.1"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(f"http://127.0.0.1:{port}")
+                expect(page.get_by_role("heading", name="Diagnose")).to_be_visible(timeout=60_000)
+                cold = time.perf_counter() - start
+                uploads = []
+                for path in files[attempt * 2 : attempt * 2 + 2]:
+                    t0 = time.perf_counter()
+                    page.get_by_test_id("stFileUploader").first.locator("input[type=file]").set_input_files(str(path))
+                    expect(page.get_by_text(f"{path.name} (JPEG)").first).to_be_visible(timeout=60_000)
+                    expect(page.get_by_text("heatmap of").first).to_be_visible(timeout=60_000)
+                    expect(page.get_by_test_id("stPlotlyChart").first.locator(".main-svg").first).to_be_visible()
+                    uploads.append(time.perf_counter() - t0)
+                browser.close()
+            rows.append((cold, uploads))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=20)
+    cmd = f"python -m benchmarks.bench_app --repeats {args.repeats}"
+    colds = [r[0] for r in rows]
+    firsts = [r[1][0] for r in rows]
+    later = [u for r in rows for u in r[1][1:]]
+    print("| measurement | median s | max s | n | command |")
+    print("|---|---|---|---|---|")
+    print(f"| cold start to first render | {statistics.median(colds):.2f} | {max(colds):.2f} | {len(colds)} | `{cmd}` |")
+    print(f"| first upload to probabilities + overlay (models load) | {statistics.median(firsts):.2f} "
+          f"| {max(firsts):.2f} | {len(firsts)} | `{cmd}` |")
+    if later:
+        print(f"| later upload to probabilities + overlay | {statistics.median(later):.2f} | {max(later):.2f} "
+              f"| {len(later)} | `{cmd}` |")
+
+
+if __name__ == "__main__":
+    main()
