@@ -10,9 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import roc_curve
-
-from cxrdemo.metrics import confusion_at
 
 T_MIN, T_MAX = 0.05, 20.0
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
@@ -111,6 +108,10 @@ def choose_thresholds(y_true: np.ndarray, p_pos: np.ndarray, *, min_sensitivity:
     specificity for missed pneumonia). Both sit at the midpoint between the chosen score and the next
     lower validation score; predictions are positive when `p_pos >= threshold`.
     """
+    from sklearn.metrics import roc_curve  # here, not at import: serving needs only apply_temperature
+
+    from cxrdemo.metrics import confusion_at
+
     if not 0.0 < min_sensitivity <= 1.0:
         raise ValueError(f"min_sensitivity must be in (0, 1], got {min_sensitivity}")
     y, p = _binary_scores(y_true, p_pos)

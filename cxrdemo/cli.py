@@ -224,7 +224,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_build_knn(args: argparse.Namespace) -> int:
-    from cxrdemo.knn import build_knn
+    from cxrdemo.knn_build import build_knn
     from cxrdemo.paths import weights_dir
 
     card = build_knn(args.backbone, data=args.data, out=weights_dir(), model_id=args.id)

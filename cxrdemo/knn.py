@@ -1,31 +1,16 @@
-"""k-nearest neighbours on L2-normalised penultimate-layer embeddings of a trained backbone.
+"""k-nearest neighbours on L2-normalised penultimate-layer embeddings of a trained backbone: inference.
 
-Fitted on the training side of the backbone's own patient split; k is chosen on its validation side.
-The stored "memory" is the training embeddings (fp16) and their labels.
+The stored "memory" is the training embeddings (fp16) and their labels; `cxrdemo.knn_build` fits it.
 """
 
 from __future__ import annotations
 
-import io
-import time
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.neighbors import KNeighborsClassifier
 
-from cxrdemo.calibration import choose_thresholds
-from cxrdemo.data import load_dataset, patient_split
-from cxrdemo.finalize import report
-from cxrdemo.metrics import auroc
 from cxrdemo.preprocess import normalize
-from cxrdemo.registry import LoadedModel, load_model, write_model
-from cxrdemo.tasks import get_task
-from cxrdemo.tensor_cache import load_pixels
-
-K_CHOICES = (1, 3, 5, 7, 11, 15, 21, 31, 45)
+from cxrdemo.registry import LoadedModel
 
 
 @torch.inference_mode()
@@ -42,58 +27,11 @@ def embed_pixels(backbone: LoadedModel, pixels: torch.Tensor, batch_size: int = 
 def neighbour_probabilities(memory: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int,
                             num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(class probabilities (N, C), mean cosine distance to the k neighbours (N,))."""
+    from sklearn.neighbors import KNeighborsClassifier
+
     knn = KNeighborsClassifier(n_neighbors=min(k, len(memory)), metric="euclidean")
     knn.fit(memory, labels)
     distances, index = knn.kneighbors(queries)
     votes = labels[index]
     probs = np.stack([(votes == c).mean(1) for c in range(num_classes)], 1)
     return probs, (distances**2 / 2).mean(1)  # unit vectors: squared euclidean / 2 = cosine distance
-
-
-def build_knn(backbone_id: str, *, data: str | None = None, out: Path, model_id: str = "knn-binary",
-              device: str = "cpu") -> dict:
-    """Fit k-NN on `backbone_id`'s embeddings, choose k on validation, evaluate test once, write to `out`."""
-    backbone = load_model(backbone_id)
-    training = backbone.card["training"]
-    task = get_task(backbone.card["task"])
-    dataset = load_dataset(data)
-    train_side, val_side = patient_split(dataset.split("train"), val_fraction=training["val_fraction"],
-                                         seed=training["seed"])
-    size = backbone.preprocessing.input_size
-    backbone.module.to(device)
-    embed = {name: embed_pixels(backbone, load_pixels(dataset, frame, size).to(device))
-             for name, frame in (("train", train_side), ("val", val_side), ("test", dataset.split("test")))}
-    y = {"train": dataset.targets(train_side, task), "val": dataset.targets(val_side, task),
-         "test": dataset.targets(dataset.split("test"), task)}
-    scored = []
-    for k in K_CHOICES:
-        probs, _ = neighbour_probabilities(embed["train"], y["train"], embed["val"], k, task.num_classes)
-        scored.append((auroc(y["val"], probs[:, 1]), -k, k))
-    _, _, best_k = max(scored)
-    val_probs, val_dist = neighbour_probabilities(embed["train"], y["train"], embed["val"], best_k, task.num_classes)
-    threshold = float(choose_thresholds(y["val"], val_probs[:, 1])["youden"])
-    test_probs, _ = neighbour_probabilities(embed["train"], y["train"], embed["test"], best_k, task.num_classes)
-    metrics = {"val": report(task.name, y["val"], val_probs, threshold), "test": report(task.name, y["test"], test_probs, threshold)}
-    rows = []
-    for split, frame, probs in (("val", val_side, val_probs), ("test", dataset.split("test"), test_probs)):
-        part = pd.DataFrame({"path": frame["path"], "split": split, "y_true": y[split], "label": frame["label"],
-                             "subtype": frame["subtype"]})
-        for i, name in enumerate(task.classes):
-            part[f"prob_{name}"] = probs[:, i]
-        rows.append(part)
-    buffer = io.StringIO()
-    pd.concat(rows).to_csv(buffer, index=False, float_format="%.6g")
-    card = {
-        "kind": "knn", "arch": "knn", "task": task.name, "classes": list(task.classes), "backbone": backbone_id,
-        "preprocessing": backbone.card["preprocessing"], "k": best_k,
-        "k_selection": {str(k): float(s) for s, _, k in scored},
-        "threshold": threshold, "temperature": 1.0,
-        "ood_distance_threshold": float(np.quantile(val_dist, 0.99)),
-        "training": {"fitted_on": "training side of the backbone's patient split", "n_memory": int(len(y["train"])),
-                     "k_chosen_on": "validation AUROC", "val_fraction": training["val_fraction"],
-                     "seed": training["seed"]},
-        "data": {"dataset": dataset.root.name, "manifest_fingerprint": dataset.fingerprint},
-        "metrics": metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    tensors = {"embeddings": torch.from_numpy(embed["train"]), "labels": torch.from_numpy(y["train"])}
-    return write_model(out, model_id, tensors, card, buffer.getvalue())

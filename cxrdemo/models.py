@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision import models as tvm
 
 _REGISTRY: dict[str, Callable[[int], nn.Module]] = {}
 
@@ -98,7 +97,9 @@ def zubinrnet(num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256)) ->
 
 # --- torchvision architectures with a one-channel stem ---------------------------------------------
 
-def _imagenet_state(weights: tvm.WeightsEnum) -> dict[str, torch.Tensor] | None:
+# torchvision is imported inside the builders that need it: it costs about a second at start-up.
+
+def _imagenet_state(weights) -> dict[str, torch.Tensor] | None:
     """ImageNet weights from torchvision's local cache, or None (nothing is ever downloaded)."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not path.exists():
@@ -115,7 +116,7 @@ def _one_channel_conv(conv: nn.Conv2d, rgb_weight: torch.Tensor | None) -> nn.Co
     return gray
 
 
-def _torchvision_resnet(builder: Callable, weights: tvm.WeightsEnum, num_classes: int) -> Classifier:
+def _torchvision_resnet(builder: Callable, weights, num_classes: int) -> Classifier:
     net = builder(weights=None)
     state = _imagenet_state(weights)
     if state is not None:
@@ -129,17 +130,23 @@ def _torchvision_resnet(builder: Callable, weights: tvm.WeightsEnum, num_classes
 
 @register_model("resnet18")
 def resnet18(num_classes: int) -> Classifier:
+    from torchvision import models as tvm
+
     return _torchvision_resnet(tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, num_classes)
 
 
 @register_model("resnet50")
 def resnet50(num_classes: int) -> Classifier:
+    from torchvision import models as tvm
+
     return _torchvision_resnet(tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1, num_classes)
 
 
 @register_model("vgg16")
 def vgg16(num_classes: int) -> Classifier:
     """torchvision VGG-16-BN trunk; its 120M-parameter classifier is replaced by a pooled linear head."""
+    from torchvision import models as tvm
+
     net = tvm.vgg16_bn(weights=None)
     state = _imagenet_state(tvm.VGG16_BN_Weights.IMAGENET1K_V1)
     if state is not None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.covariance import LedoitWolf
 
 from cxrdemo.preprocess import resize_square
 
@@ -41,6 +40,8 @@ def image_statistics(pixels: torch.Tensor) -> np.ndarray:
 
 def fit_statistics(train_pixels: torch.Tensor, val_pixels: torch.Tensor) -> dict:
     """JSON-ready model: mean, precision matrix and a validation-quantile threshold."""
+    from sklearn.covariance import LedoitWolf
+
     model = LedoitWolf().fit(image_statistics(train_pixels))
     threshold = float(np.quantile(model.mahalanobis(image_statistics(val_pixels)), QUANTILE))
     return {"size": STATISTICS_SIZE, "mean": model.location_.tolist(), "precision": model.precision_.tolist(),

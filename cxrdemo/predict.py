@@ -52,6 +52,7 @@ class Predictor:
         self.directory = directory or weights_dir()
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
         self.errors: dict[str, str] = {}
 
     # --- the registry -----------------------------------------------------------------------------
@@ -75,6 +76,15 @@ class Predictor:
             raise ModelLoadError(f"no binary classifier installed in {self.directory}")
         return ids[0]
 
+    def warm_up(self) -> None:
+        """Load the default model (with what Grad-CAM needs) and the autoencoder; errors are kept, not raised."""
+        try:
+            self.get(self.default_model_id())
+            self.autoencoder()
+            import pytorch_grad_cam  # noqa: F401  (first CAM otherwise pays for this import)
+        except (ModelLoadError, OSError, ValueError) as err:
+            self.errors.setdefault("warm-up", str(err))
+
     def get(self, model_id: str) -> LoadedModel:
         """A loaded model, cached; reloaded when its card changed on disk (promotion, rollback)."""
         card_path = self.directory / f"{model_id}.json"
@@ -83,13 +93,21 @@ class Predictor:
             cached = self._models.get(model_id)
             if cached is not None and cached.card.get("_stamp") == stamp:
                 return cached
-        # outside the lock (loads may run in parallel), and never as inference tensors: callers inside
-        # torch.inference_mode() would otherwise make the weights unusable for Grad-CAM's backward pass
-        with torch.inference_mode(False):
-            model = load_model(model_id, self.directory)
-        model.card["_stamp"] = stamp
-        with self._lock:
-            self._models[model_id] = model
+            loading = self._loading.setdefault(model_id, threading.Lock())
+        # one load per model at a time (a second caller waits for the first, e.g. behind the warm-up);
+        # different models load in parallel
+        with loading:
+            with self._lock:
+                cached = self._models.get(model_id)
+                if cached is not None and cached.card.get("_stamp") == stamp:
+                    return cached
+            # never as inference tensors: callers inside torch.inference_mode() would otherwise make the
+            # weights unusable for Grad-CAM's backward pass
+            with torch.inference_mode(False):
+                model = load_model(model_id, self.directory)
+            model.card["_stamp"] = stamp
+            with self._lock:
+                self._models[model_id] = model
         return model
 
     # --- predictions ------------------------------------------------------------------------------

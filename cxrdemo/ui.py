@@ -43,10 +43,17 @@ def navigation() -> None:
 
 @st.cache_resource(show_spinner=False)
 def get_predictor(directory: str) -> Predictor:
-    """One predictor (and so one copy of each model) shared by every session of this server."""
+    """One predictor (and so one copy of each model) shared by every session of this server.
+
+    The default model and the autoencoder start loading in the background right away, so the first
+    upload does not wait for them (or for torchvision's import).
+    """
+    import threading
     from pathlib import Path
 
-    return Predictor(Path(directory))
+    pred = Predictor(Path(directory))
+    threading.Thread(target=pred.warm_up, name="cxrdemo-warm-up", daemon=True).start()
+    return pred
 
 
 def predictor() -> Predictor:
