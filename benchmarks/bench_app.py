@@ -44,9 +44,24 @@ def main() -> None:
         port = free_port()
         start = time.perf_counter()
         server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-             str(port), "--server.address", "127.0.0.1"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+            ],
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         try:
             while True:
                 try:
@@ -83,12 +98,18 @@ def main() -> None:
     later = [u for r in rows for u in r[1][1:]]
     print("| measurement | median s | max s | n | command |")
     print("|---|---|---|---|---|")
-    print(f"| cold start to first render | {statistics.median(colds):.2f} | {max(colds):.2f} | {len(colds)} | `{cmd}` |")
-    print(f"| first upload, {args.think:g} s after the page appeared | {statistics.median(firsts):.2f} "
-          f"| {max(firsts):.2f} | {len(firsts)} | `{cmd}` |")
+    print(
+        f"| cold start to first render | {statistics.median(colds):.2f} | {max(colds):.2f} | {len(colds)} | `{cmd}` |"
+    )
+    print(
+        f"| first upload, {args.think:g} s after the page appeared | {statistics.median(firsts):.2f} "
+        f"| {max(firsts):.2f} | {len(firsts)} | `{cmd}` |"
+    )
     if later:
-        print(f"| later upload to probabilities + overlay | {statistics.median(later):.2f} | {max(later):.2f} "
-              f"| {len(later)} | `{cmd}` |")
+        print(
+            f"| later upload to probabilities + overlay | {statistics.median(later):.2f} | {max(later):.2f} "
+            f"| {len(later)} | `{cmd}` |"
+        )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,13 @@ def typical_path(data: bytes, model, spec) -> None:
     from torchvision import transforms
 
     img = Image.open(io.BytesIO(data)).convert("L")
-    x = transforms.Compose([transforms.Resize((spec.input_size, spec.input_size)), transforms.ToTensor(),
-                            transforms.Normalize([spec.mean], [spec.std])])(img)[None]
+    x = transforms.Compose(
+        [
+            transforms.Resize((spec.input_size, spec.input_size)),
+            transforms.ToTensor(),
+            transforms.Normalize([spec.mean], [spec.std]),
+        ]
+    )(img)[None]
     with torch.no_grad():
         pred = int(model(x).argmax())
     with GradCAM(model=model, target_layers=[model.features[-1]]) as cam:
@@ -73,28 +78,38 @@ def main() -> None:
     data = full_resolution_jpeg()
     predictor = Predictor()
     command = f"python -m benchmarks.bench_inference --repeats {args.repeats} --threads {args.threads}"
-    print(f"# CPU: {platform.processor() or platform.machine()}, torch threads {args.threads}, "
-          f"torch {torch.__version__}; input {len(data) // 1024} KB JPEG 1600x1200")
-    print("| model | input | load ms | predict p50/p95 ms | predict+Grad-CAM p50/p95 ms | typical path p50/p95 ms "
-          "| batch of 32 ms | command |")
+    print(
+        f"# CPU: {platform.processor() or platform.machine()}, torch threads {args.threads}, "
+        f"torch {torch.__version__}; input {len(data) // 1024} KB JPEG 1600x1200"
+    )
+    print(
+        "| model | input | load ms | predict p50/p95 ms | predict+Grad-CAM p50/p95 ms | typical path p50/p95 ms "
+        "| batch of 32 ms | command |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for model_id, card in predictor.cards().items():
         if card.get("kind") != "classifier":
             continue
         load = timed(lambda: load_model(model_id), 3)
         model = predictor.get(model_id)
-        predict = timed(lambda: predictor.predict(load_image(data, "x.jpeg"), model_id, with_subtype=False), args.repeats)
-        both = timed(lambda: predictor.predict_and_explain(load_image(data, "x.jpeg"), model_id, with_subtype=False),
-                     args.repeats)
+        predict = timed(
+            lambda: predictor.predict(load_image(data, "x.jpeg"), model_id, with_subtype=False), args.repeats
+        )
+        both = timed(
+            lambda: predictor.predict_and_explain(load_image(data, "x.jpeg"), model_id, with_subtype=False),
+            args.repeats,
+        )
         typical = timed(lambda: typical_path(data, model.module, model.preprocessing), max(5, args.repeats // 3))
         size = model.preprocessing.input_size
         batch = torch.rand(32, 1, size, size)
         with torch.inference_mode():
             batch32 = timed(lambda: model.module(batch), 3)
         p, e, t = percentiles(predict), percentiles(both), percentiles(typical)
-        print(f"| {model_id} | {size} px | {statistics.median(load) * 1000:.0f} | {p[0]:.1f} / {p[1]:.1f} "
-              f"| {e[0]:.1f} / {e[1]:.1f} | {t[0]:.1f} / {t[1]:.1f} | {statistics.median(batch32) * 1000:.0f} "
-              f"| `{command}` |")
+        print(
+            f"| {model_id} | {size} px | {statistics.median(load) * 1000:.0f} | {p[0]:.1f} / {p[1]:.1f} "
+            f"| {e[0]:.1f} / {e[1]:.1f} | {t[0]:.1f} / {t[1]:.1f} | {statistics.median(batch32) * 1000:.0f} "
+            f"| `{command}` |"
+        )
 
 
 if __name__ == "__main__":

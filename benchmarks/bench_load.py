@@ -48,8 +48,10 @@ def main() -> None:
         wall = time.perf_counter() - start
         lat = sorted(x for r in results for x in r)
         p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
-        print(f"| {n} | {len(lat)} | {statistics.median(lat):.2f} | {p95:.2f} | {len(lat) / wall:.2f} "
-              f"| `python -m benchmarks.bench_load --sessions {n} --uploads {args.uploads}` |")
+        print(
+            f"| {n} | {len(lat)} | {statistics.median(lat):.2f} | {p95:.2f} | {len(lat) / wall:.2f} "
+            f"| `python -m benchmarks.bench_load --sessions {n} --uploads {args.uploads}` |"
+        )
 
 
 if __name__ == "__main__":

@@ -59,10 +59,18 @@ def step_throughput(arch: str, pixels: torch.Tensor, device: torch.device, steps
 def typical_epoch_throughput(root, device: torch.device, steps: int, batch: int, size: int) -> float:
     from torchvision import datasets, transforms
 
-    tf = transforms.Compose([transforms.Grayscale(), transforms.Resize((size, size)), transforms.RandomRotation(10),
-                             transforms.ToTensor(), transforms.Normalize([0.5], [0.25])])
-    loader = torch.utils.data.DataLoader(datasets.ImageFolder(root / "train", tf), batch_size=batch, shuffle=True,
-                                         num_workers=2)
+    tf = transforms.Compose(
+        [
+            transforms.Grayscale(),
+            transforms.Resize((size, size)),
+            transforms.RandomRotation(10),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5], [0.25]),
+        ]
+    )
+    loader = torch.utils.data.DataLoader(
+        datasets.ImageFolder(root / "train", tf), batch_size=batch, shuffle=True, num_workers=2
+    )
     model = create_model("resnet18", 2).to(device)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     seen = 0
@@ -92,8 +100,10 @@ def main() -> None:
     dataset = load_dataset(args.data)
     pixels = load_pixels(dataset, dataset.split("train"), args.size).to(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    cmd = f"python -m benchmarks.bench_training --data {args.data} --device {args.device} --steps {args.steps} " \
-          f"--batch {args.batch} --size {args.size}"
+    cmd = (
+        f"python -m benchmarks.bench_training --data {args.data} --device {args.device} --steps {args.steps} "
+        f"--batch {args.batch} --size {args.size}"
+    )
     print(f"# {name}, torch {torch.__version__}, batch {args.batch}, {args.size} px")
     print("| what | images/s | command |")
     print("|---|---|---|")

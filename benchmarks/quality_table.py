@@ -37,12 +37,19 @@ def main() -> None:
         if not metrics or "accuracy" not in metrics:
             continue
         training = card.get("training", {})
-        trained = f"{training.get('device', '?')}, {training.get('epochs_run', '?')} ep" if "epochs_run" in training \
+        trained = (
+            f"{training.get('device', '?')}, {training.get('epochs_run', '?')} ep"
+            if "epochs_run" in training
             else card.get("kind", "")
+        )
         threshold = f"{card['threshold']:.3f}" if card.get("threshold") is not None else "argmax"
-        size = card.get("preprocessing", {}).get("input_size", "?")
-        print(f"| {model_id} | {card.get('task')} | {size} px | {trained} | {threshold} | "
-              + " | ".join(cell(metrics.get(c)) for c in shown) + " |")
+        size = card.get("preprocessing", {}).get("input_size")
+        size = f"{size} px" if size else "–"
+        print(
+            f"| {model_id} | {card.get('task')} | {size} | {trained} | {threshold} | "
+            + " | ".join(cell(metrics.get(c)) for c in shown)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

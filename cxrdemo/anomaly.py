@@ -22,8 +22,9 @@ from cxrdemo.models import create_model
 from cxrdemo.runlog import RunLog
 
 # gentle: the autoencoder must learn what normal chest films look like, not every distortion
-AE_AUGMENT = AugmentConfig(rotation_deg=5, translate=0.03, scale=(0.95, 1.05), blur_prob=0.1, downsample_prob=0.1,
-                           noise_std=0.0)
+AE_AUGMENT = AugmentConfig(
+    rotation_deg=5, translate=0.03, scale=(0.95, 1.05), blur_prob=0.1, downsample_prob=0.1, noise_std=0.0
+)
 THRESHOLD_QUANTILE = 0.99
 
 
@@ -48,7 +49,7 @@ def reconstruct(model: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarr
 
 def train_autoencoder_loop(cfg, data, device: torch.device, log: RunLog, t0: float):
     """Train on NORMAL images (prepare_data already filtered them); select on validation MSE."""
-    from cxrdemo.train import TrainResult, lr_factor
+    from cxrdemo.train import TrainResult, epoch_record, lr_factor
 
     model = create_model("autoencoder").to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -81,12 +82,18 @@ def train_autoencoder_loop(cfg, data, device: torch.device, log: RunLog, t0: flo
             stale = 0
         else:
             stale += 1
-        elapsed = time.time() - t0
-        record = {"event": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs, "step": step,
-                  "train_loss": float(np.mean(losses)) if losses else None, "val_loss": val_loss, "val_auroc": None,
-                  "lr": optimizer.param_groups[0]["lr"], "images_per_s": n / max(time.time() - start_time, 1e-9),
-                  "elapsed_s": elapsed, "eta_s": elapsed / (epoch + 1) * (cfg.epochs - epoch - 1),
-                  "best_epoch": best["epoch"]}
+        record = epoch_record(
+            cfg,
+            epoch,
+            step,
+            losses,
+            val_loss,
+            math.nan,
+            optimizer.param_groups[0]["lr"],
+            n / max(time.time() - start_time, 1e-9),
+            t0,
+            best["epoch"],
+        )
         history.append(record)
         log.record(**record)
         if stale >= cfg.patience:
@@ -112,7 +119,9 @@ def finalize_autoencoder(result, *, model_id: str = "autoencoder") -> dict:
     val_scores = reconstruction_scores(result.model, result.data.val.pixels)
     threshold = anomaly_threshold(val_scores, THRESHOLD_QUANTILE)
     test = dataset.split("test")
-    tables = [pd.DataFrame({"path": result.data.val.frame["path"], "split": "val", "label": "NORMAL", "score": val_scores})]
+    tables = [
+        pd.DataFrame({"path": result.data.val.frame["path"], "split": "val", "label": "NORMAL", "score": val_scores})
+    ]
     metrics: dict = {"val_normal": {"n": int(len(val_scores)), "flagged": float(np.mean(val_scores > threshold))}}
     if len(test):
         scores = reconstruction_scores(result.model, load_pixels(dataset, test, cfg.input_size).to(device))
@@ -130,12 +139,25 @@ def finalize_autoencoder(result, *, model_id: str = "autoencoder") -> dict:
     statistics = fit_image_statistics(dataset, cfg.val_fraction, cfg.seed)
     card = {
         "image_statistics": statistics,
-        "kind": "autoencoder", "arch": "autoencoder", "task": "anomaly", "classes": [],
+        "kind": "autoencoder",
+        "arch": "autoencoder",
+        "task": "anomaly",
+        "classes": [],
         "preprocessing": {"input_size": cfg.input_size, "mean": 0.0, "std": 1.0, "resize": "squash"},
-        "training": {**cfg.to_dict(), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                     "seconds": round(result.seconds, 1), "device": str(device), "trained_on": "NORMAL only"},
-        "data": {"dataset": dataset.root.name, "manifest_fingerprint": dataset.fingerprint,
-                 "n_train": int(len(result.data.train.frame)), "n_val": int(len(result.data.val.frame))},
+        "training": {
+            **cfg.to_dict(),
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "seconds": round(result.seconds, 1),
+            "device": str(device),
+            "trained_on": "NORMAL only",
+        },
+        "data": {
+            "dataset": dataset.root.name,
+            "manifest_fingerprint": dataset.fingerprint,
+            "n_train": int(len(result.data.train.frame)),
+            "n_val": int(len(result.data.val.frame)),
+        },
         "threshold": threshold,
         "threshold_rule": f"{THRESHOLD_QUANTILE:.0%} quantile of validation-normal reconstruction MSE",
         "metrics": metrics,
@@ -151,7 +173,9 @@ def fit_image_statistics(dataset, val_fraction: float, seed: int) -> dict:
     from cxrdemo.tensor_cache import load_pixels
 
     train_side, val_side = patient_split(dataset.split("train"), val_fraction=val_fraction, seed=seed)
-    return fit_statistics(load_pixels(dataset, train_side, STATISTICS_SIZE), load_pixels(dataset, val_side, STATISTICS_SIZE))
+    return fit_statistics(
+        load_pixels(dataset, train_side, STATISTICS_SIZE), load_pixels(dataset, val_side, STATISTICS_SIZE)
+    )
 
 
 def _none_if_nan(value: float) -> float | None:

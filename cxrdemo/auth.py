@@ -54,8 +54,9 @@ def check_password(given: str | None, expected: str | None) -> bool:
 class Lockout:
     """Counts failures per key in a JSON file; `max_failures` within `window_s` lock the key for `lock_s`."""
 
-    def __init__(self, path: Path | None = None, *, max_failures: int = 5, window_s: float = 300.0,
-                 lock_s: float = 300.0) -> None:
+    def __init__(
+        self, path: Path | None = None, *, max_failures: int = 5, window_s: float = 300.0, lock_s: float = 300.0
+    ) -> None:
         self.path = path or runs_dir() / LOCKOUT_FILE
         self.max_failures = max_failures
         self.window_s = window_s

@@ -96,8 +96,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                 card = finalize(result, model_id=args.id)
             log.record(event="end", model_id=card["id"], seconds=result.seconds)
             log.status("finished", model_id=card["id"], best_epoch=result.best_epoch)
-            print(json.dumps({"run": cfg.out, "model": card["id"], "best_epoch": result.best_epoch,
-                              "val": _headline(card.get("metrics", {}).get("val", {}))}))
+            print(
+                json.dumps(
+                    {
+                        "run": cfg.out,
+                        "model": card["id"],
+                        "best_epoch": result.best_epoch,
+                        "val": _headline(card.get("metrics", {}).get("val", {})),
+                    }
+                )
+            )
     except (ValueError, RuntimeError, OSError) as err:
         message = _one_line(err)
         try:
@@ -195,8 +203,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = []
     for model_id, card in cards.items():
         test = card.get("metrics", {}).get("test", {})
-        rows.append({"id": model_id, "kind": card.get("kind"), "arch": card.get("arch"), "task": card.get("task"),
-                     "test": _headline(test), "error": card.get("error")})
+        rows.append(
+            {
+                "id": model_id,
+                "kind": card.get("kind"),
+                "arch": card.get("arch"),
+                "task": card.get("task"),
+                "test": _headline(test),
+                "error": card.get("error"),
+            }
+        )
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -250,8 +266,9 @@ def cmd_fit_ood(args: argparse.Namespace) -> int:
 
     card = load_card("autoencoder")
     training = card.get("training", {})
-    card["image_statistics"] = fit_image_statistics(load_dataset(args.data), training.get("val_fraction", 0.15),
-                                                    training.get("seed", 0))
+    card["image_statistics"] = fit_image_statistics(
+        load_dataset(args.data), training.get("val_fraction", 0.15), training.get("seed", 0)
+    )
     atomic_write_json(weights_dir() / "autoencoder.json", card)
     print(f"image-statistics threshold {card['image_statistics']['threshold']:.1f}")
     return 0
@@ -271,9 +288,19 @@ def cmd_make_compact(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
-            "promote": cmd_promote, "rollback": cmd_rollback, "build-knn": cmd_build_knn,
-            "build-ensemble": cmd_build_ensemble, "fit-ood": cmd_fit_ood, "make-sample": cmd_make_sample, "make-compact": cmd_make_compact}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "models": cmd_models,
+    "promote": cmd_promote,
+    "rollback": cmd_rollback,
+    "build-knn": cmd_build_knn,
+    "build-ensemble": cmd_build_ensemble,
+    "fit-ood": cmd_fit_ood,
+    "make-sample": cmd_make_sample,
+    "make-compact": cmd_make_compact,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,9 +57,7 @@ def _walk(root: Path) -> pd.DataFrame:
                         }
                     )
     if not rows:
-        raise FileNotFoundError(
-            f"no images under {root}: expected {{train,test,val}}/{{NORMAL,PNEUMONIA}}/*.jpeg"
-        )
+        raise FileNotFoundError(f"no images under {root}: expected {{train,test,val}}/{{NORMAL,PNEUMONIA}}/*.jpeg")
     return pd.DataFrame(rows)
 
 

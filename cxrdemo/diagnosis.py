@@ -36,6 +36,7 @@ THUMBNAIL_SIDE = 96
 
 # --- caching -----------------------------------------------------------------------------------------
 
+
 def digest(data: bytes) -> str:
     """Content hash of an upload: the cache key, so a renamed copy is not analysed twice."""
     return hashlib.sha256(data).hexdigest()
@@ -44,8 +45,9 @@ def digest(data: bytes) -> str:
 def registry_fingerprint(cards: dict[str, dict]) -> str:
     """Changes whenever any model is promoted, rolled back or removed (all of them feed a prediction:
     ensemble members, the autoencoder's OOD check, the subtype model)."""
-    parts = sorted(f"{i}:{c.get('weights_sha256') or c.get('created') or c.get('error') or ''}"
-                   for i, c in cards.items())
+    parts = sorted(
+        f"{i}:{c.get('weights_sha256') or c.get('created') or c.get('error') or ''}" for i, c in cards.items()
+    )
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -66,6 +68,7 @@ def memo(store: MutableMapping, key: Hashable, compute: Callable[[], T], max_ent
 
 
 # --- explanations ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Heatmap:
@@ -89,10 +92,14 @@ def explained_network(pred: Predictor, model_id: str) -> tuple[LoadedModel, str 
     if model.kind == "ensemble":
         first = model.card["members"][0]
         via = "" if first == network_id else f" (through {first})"
-        return network, (f"{model_id} averages {len(model.card['members'])} models and has no single network: "
-                         f"the heatmap explains its first member, {network_id}{via}.")
-    return network, (f"{model_id} votes among stored training images and has no network of its own: "
-                     f"the heatmap explains its backbone, {network_id}.")
+        return network, (
+            f"{model_id} averages {len(model.card['members'])} models and has no single network: "
+            f"the heatmap explains its first member, {network_id}{via}."
+        )
+    return network, (
+        f"{model_id} votes among stored training images and has no network of its own: "
+        f"the heatmap explains its backbone, {network_id}."
+    )
 
 
 def heatmap(pred: Predictor, pixels: np.ndarray, model_id: str, *, method: str, target: str) -> Heatmap:
@@ -101,13 +108,13 @@ def heatmap(pred: Predictor, pixels: np.ndarray, model_id: str, *, method: str, 
     classes = network.classes
     if target not in classes:
         raise ValueError(f"class {target!r} is not one of {network.id}'s classes ({', '.join(classes)})")
-    result = explain(network.module, pixels, network.preprocessing, method=method,
-                     target_class=classes.index(target))
+    result = explain(network.module, pixels, network.preprocessing, method=method, target_class=classes.index(target))
     heat = np.rint(np.clip(result.heatmap, 0.0, 1.0) * 255).astype(np.uint8)
     return Heatmap(heat, network.id, target, note)
 
 
 # --- charts and tables -------------------------------------------------------------------------------
+
 
 def positive_class(prediction: Prediction) -> str | None:
     """The thresholded class of a binary prediction (the second class, as in training), else None."""
@@ -120,24 +127,49 @@ def probability_figure(prediction: Prediction, *, title: str | None = None) -> g
     classes = list(prediction.probabilities)
     values = [prediction.probabilities[c] for c in classes]
     colours = ["#d6336c" if c == prediction.prediction else "#adb5bd" for c in classes]
-    fig = go.Figure(go.Bar(
-        x=values, y=classes, orientation="h", marker_color=colours,
-        text=[f"{v:.1%}" for v in values], textposition="auto", cliponaxis=False,
-        hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Bar(
+            x=values,
+            y=classes,
+            orientation="h",
+            marker_color=colours,
+            text=[f"{v:.1%}" for v in values],
+            textposition="auto",
+            cliponaxis=False,
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
     positive = positive_class(prediction)
     if positive is not None:
         row = classes.index(positive)
-        fig.add_shape(type="line", x0=prediction.threshold, x1=prediction.threshold, y0=row - 0.48, y1=row + 0.48,
-                      xref="x", yref="y", line={"color": "#212529", "width": 2, "dash": "dash"})
+        fig.add_shape(
+            type="line",
+            x0=prediction.threshold,
+            x1=prediction.threshold,
+            y0=row - 0.48,
+            y1=row + 0.48,
+            xref="x",
+            yref="y",
+            line={"color": "#212529", "width": 2, "dash": "dash"},
+        )
         # the label sits in the top margin, so it never covers a bar or its percentage
-        fig.add_annotation(x=prediction.threshold, y=1, xref="x", yref="paper", yanchor="bottom",
-                           text=f"threshold {prediction.threshold:.2f}", showarrow=False, font={"size": 11})
+        fig.add_annotation(
+            x=prediction.threshold,
+            y=1,
+            xref="x",
+            yref="paper",
+            yanchor="bottom",
+            text=f"threshold {prediction.threshold:.2f}",
+            showarrow=False,
+            font={"size": 11},
+        )
     fig.update_layout(
         title={"text": title} if title else None,
-        height=80 + 42 * len(classes), margin={"l": 10, "r": 20, "t": 44 if title else 26, "b": 10},
+        height=80 + 42 * len(classes),
+        margin={"l": 10, "r": 20, "t": 44 if title else 26, "b": 10},
         xaxis={"range": [0, 1], "tickformat": ".0%", "fixedrange": True},
-        yaxis={"autorange": "reversed", "fixedrange": True}, showlegend=False,
+        yaxis={"autorange": "reversed", "fixedrange": True},
+        showlegend=False,
     )
     return fig
 
@@ -168,7 +200,7 @@ def batch_frame(items: list[BatchItem], *, thumbnails: bool = True) -> pd.DataFr
         if thumbnails:
             row["image"] = thumbnail_uri(item.image.pixels) if item.image is not None else None
         row.update(file=item.name, model=p.model if p else None, prediction=p.prediction if p else None)
-        for cls, prob in (p.probabilities.items() if p else ()):
+        for cls, prob in p.probabilities.items() if p else ():
             row[f"P({cls})"] = round(prob, 4)
         row.update(
             threshold=round(p.threshold, 4) if p and p.threshold is not None else None,
@@ -197,9 +229,16 @@ def compare_frame(pred: Predictor, image: LoadedImage) -> pd.DataFrame:
             rows.append({"model": model_id, "prediction": None, "error": str(err)})
             continue
         positive = positive_class(p) or p.prediction
-        rows.append({"model": model_id, "prediction": p.prediction, "class": positive,
-                     "probability": round(p.probabilities[positive], 4),
-                     "threshold": round(p.threshold, 4) if p.threshold is not None else None, "error": None})
+        rows.append(
+            {
+                "model": model_id,
+                "prediction": p.prediction,
+                "class": positive,
+                "probability": round(p.probabilities[positive], 4),
+                "threshold": round(p.threshold, 4) if p.threshold is not None else None,
+                "error": None,
+            }
+        )
     frame = pd.DataFrame(rows, columns=["model", "prediction", "class", "probability", "threshold", "error"])
     classes = frame["class"].dropna().unique()
     if len(classes) == 1:  # all binary models share their positive class: name the column after it
@@ -210,6 +249,7 @@ def compare_frame(pred: Predictor, image: LoadedImage) -> pd.DataFrame:
 
 
 # --- examples ----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Example:

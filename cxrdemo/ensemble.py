@@ -40,8 +40,11 @@ def select_members(val_probs: dict[str, np.ndarray], y: np.ndarray, max_members:
     chosen: list[str] = []
     best = np.inf
     while len(chosen) < max_members:
-        trials = [(log_loss(y, np.mean([val_probs[m] for m in chosen + [c]], axis=0)), c)
-                  for c in sorted(val_probs) if c not in chosen]
+        trials = [
+            (log_loss(y, np.mean([val_probs[m] for m in chosen + [c]], axis=0)), c)
+            for c in sorted(val_probs)
+            if c not in chosen
+        ]
         if not trials:
             break
         score, candidate = min(trials)
@@ -54,7 +57,9 @@ def select_members(val_probs: dict[str, np.ndarray], y: np.ndarray, max_members:
 
 def build_ensemble(directory: Path, candidates: list[str] | None = None, model_id: str = "ensemble") -> dict:
     cards = list_cards(directory)
-    candidates = candidates or [i for i, c in cards.items() if c.get("kind") == "classifier" and c.get("task") == "binary"]
+    candidates = candidates or [
+        i for i, c in cards.items() if c.get("kind") == "classifier" and c.get("task") == "binary"
+    ]
     if not candidates:
         raise ValueError("no binary classifiers to combine")
     val_rows, val_probs = _aligned(candidates, directory, "val")
@@ -74,11 +79,19 @@ def build_ensemble(directory: Path, candidates: list[str] | None = None, model_i
     buffer = io.StringIO()
     pd.concat(tables)[keep].to_csv(buffer, index=False, float_format="%.6g")
     card = {
-        "kind": "ensemble", "arch": "ensemble", "task": "binary", "classes": list(get_task("binary").classes),
-        "members": members, "candidates": candidates, "combination": "mean of temperature-scaled probabilities",
+        "kind": "ensemble",
+        "arch": "ensemble",
+        "task": "binary",
+        "classes": list(get_task("binary").classes),
+        "members": members,
+        "candidates": candidates,
+        "combination": "mean of temperature-scaled probabilities",
         "selection": "greedy forward selection on validation log-loss",
-        "validation_auroc": auroc(y_val, p_val), "threshold": threshold,
-        "thresholds": thresholds, "temperature": 1.0, "metrics": metrics,
+        "validation_auroc": auroc(y_val, p_val),
+        "threshold": threshold,
+        "thresholds": thresholds,
+        "temperature": 1.0,
+        "metrics": metrics,
         "data": {"manifest_fingerprint": cards[members[0]].get("data", {}).get("manifest_fingerprint")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

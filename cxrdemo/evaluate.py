@@ -43,16 +43,18 @@ def batch_probabilities(predictor: Predictor, model_id: str, dataset: Dataset, f
         pixels = load_pixels(dataset, frame, backbone.preprocessing.input_size)
         queries = embed_pixels(backbone, pixels)
         memory = F.normalize(model.tensors["embeddings"].float(), dim=1).numpy()
-        return neighbour_probabilities(memory, model.tensors["labels"].numpy(), queries, int(model.card["k"]),
-                                       len(model.classes))[0]
+        return neighbour_probabilities(
+            memory, model.tensors["labels"].numpy(), queries, int(model.card["k"]), len(model.classes)
+        )[0]
     pixels = load_pixels(dataset, frame, model.preprocessing.input_size)
     with torch.inference_mode():
         logits = predict_logits(model.module, pixels, model.preprocessing).numpy()
     return apply_temperature(logits, model.temperature)
 
 
-def evaluate_model(model_id: str, split: str = "test", data: str | None = None, n_boot: int = 1000,
-                   predictor: Predictor | None = None) -> dict:
+def evaluate_model(
+    model_id: str, split: str = "test", data: str | None = None, n_boot: int = 1000, predictor: Predictor | None = None
+) -> dict:
     predictor = predictor or Predictor()
     model = predictor.get(model_id)
     task = get_task(model.card["task"])

@@ -47,6 +47,7 @@ def cam_class(method: str) -> type:
 
     return getattr(pytorch_grad_cam, CAM_METHODS[method])
 
+
 # ScoreCAM runs one forward pass per channel of the target layer (256-2048 here); pytorch-grad-cam
 # batches them 16 at a time by default. 32 keeps the peak memory of a ResNet-50 at 224 px modest.
 SCORECAM_BATCH_SIZE = 32
@@ -62,6 +63,7 @@ class Explanation:
 
 
 # --- per-model readers-writer lock -------------------------------------------------------------------
+
 
 class _ModelLock:
     """Many shared holders or one exclusive holder; a waiting exclusive holder blocks new shared ones."""
@@ -139,6 +141,7 @@ def _in_eval_mode(model: torch.nn.Module, *, hooks: bool) -> Iterator[None]:
 
 # --- Grad-CAM in one forward pass ----------------------------------------------------------------------
 
+
 def _num_classes(model: Classifier) -> int:
     return model.head[-1].out_features
 
@@ -156,8 +159,9 @@ def _normalise(cam: torch.Tensor) -> torch.Tensor:
     return cam / peak if peak > 0 else cam
 
 
-def _fast_gradcam(model: Classifier, x: torch.Tensor,
-                  target_class: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _fast_gradcam(
+    model: Classifier, x: torch.Tensor, target_class: int | None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     # inference_mode(False): a caller inside torch.inference_mode() would otherwise get inference tensors,
     # which cannot require grad.
     with torch.inference_mode(False):
@@ -176,8 +180,9 @@ def _fast_gradcam(model: Classifier, x: torch.Tensor,
     return logits.detach(), _normalise(cam), c
 
 
-def fast_gradcam(model: Classifier, x: torch.Tensor,
-                 target_class: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+def fast_gradcam(
+    model: Classifier, x: torch.Tensor, target_class: int | None = None
+) -> tuple[torch.Tensor, np.ndarray]:
     """Logits (1, C) and the Grad-CAM of `model.features[-1]` for a (1, 1, S, S) input, from one forward.
 
     The CAM is at feature-map resolution, float32 in [0, 1]; `target_class` None explains the predicted
@@ -194,6 +199,7 @@ def fast_gradcam(model: Classifier, x: torch.Tensor,
 
 # --- pytorch-grad-cam ----------------------------------------------------------------------------------
 
+
 @contextmanager
 def _grads_kept(model: torch.nn.Module) -> Iterator[None]:
     """Put back every parameter's .grad: BaseCAM zeroes them and its backward() fills them."""
@@ -205,8 +211,9 @@ def _grads_kept(model: torch.nn.Module) -> Iterator[None]:
             p.grad = grad
 
 
-def _library_cam(model: Classifier, x: torch.Tensor, method: str, layer: torch.nn.Module,
-                 target_class: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _library_cam(
+    model: Classifier, x: torch.Tensor, method: str, layer: torch.nn.Module, target_class: int | None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(logits (1, C), CAM at the input tensor's size, target class) from pytorch-grad-cam."""
     result = None
     # The grads are saved and restored inside the exclusive lock, so concurrent calls cannot interleave.
@@ -230,6 +237,7 @@ def _library_cam(model: Classifier, x: torch.Tensor, method: str, layer: torch.n
 
 # --- public API ----------------------------------------------------------------------------------------
 
+
 def overlay_heatmap(pixels: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.ndarray:
     """HxWx3 uint8: the grayscale image in RGB with the jet-coloured heatmap blended in at `opacity`.
 
@@ -246,9 +254,16 @@ def overlay_heatmap(pixels: np.ndarray, heatmap: np.ndarray, opacity: float = 0.
     return cv2.addWeighted(gray, 1.0 - opacity, colour, opacity, 0.0)
 
 
-def explain(model: Classifier, pixels: np.ndarray, spec: Preprocessing, *, method: str = "gradcam",
-            target_class: int | None = None, opacity: float = 0.4,
-            layer: torch.nn.Module | None = None) -> Explanation:
+def explain(
+    model: Classifier,
+    pixels: np.ndarray,
+    spec: Preprocessing,
+    *,
+    method: str = "gradcam",
+    target_class: int | None = None,
+    opacity: float = 0.4,
+    layer: torch.nn.Module | None = None,
+) -> Explanation:
     """Explain one grayscale uint8 image (HxW): logits, heatmap and overlay at the image's resolution.
 
     `target_class` None explains the predicted class; `layer` None is `cam_target_layer(model)`.

@@ -32,8 +32,20 @@ PAGE_SIZE = 24
 THUMBNAIL_PX = 160
 DETAIL_PX = 640
 # manifest columns shown for one image, in this order (whichever the manifest has)
-RECORD_COLUMNS = ("path", "split", "label", "subtype", "patient_id", "width", "height", "source_width",
-                  "source_height", "low_resolution_source", "source", "sha256")
+RECORD_COLUMNS = (
+    "path",
+    "split",
+    "label",
+    "subtype",
+    "patient_id",
+    "width",
+    "height",
+    "source_width",
+    "source_height",
+    "low_resolution_source",
+    "source",
+    "sha256",
+)
 
 
 def _is_low_res(frame: pd.DataFrame) -> pd.Series:
@@ -58,8 +70,9 @@ def options(frame: pd.DataFrame) -> dict[str, list[str]]:
     }
 
 
-def filter_frame(frame: pd.DataFrame, splits=None, labels=None, subtypes=None, resolution: str = "all",
-                 patient: str | None = None) -> pd.DataFrame:
+def filter_frame(
+    frame: pd.DataFrame, splits=None, labels=None, subtypes=None, resolution: str = "all", patient: str | None = None
+) -> pd.DataFrame:
     """Rows matching every given filter; `None` (or empty) means no filter on that column.
 
     `resolution` is one of RESOLUTIONS; `patient` matches patient ids as a case-insensitive substring
@@ -121,8 +134,9 @@ def shared_patients(frame: pd.DataFrame, a: str = "train", b: str = "test") -> p
         if split not in per:
             per[split] = 0
     both = per[(per[a] > 0) & (per[b] > 0)]
-    out = pd.DataFrame({"patient_id": both.index.astype(str), f"images_{a}": both[a].to_numpy(),
-                        f"images_{b}": both[b].to_numpy()})
+    out = pd.DataFrame(
+        {"patient_id": both.index.astype(str), f"images_{a}": both[a].to_numpy(), f"images_{b}": both[b].to_numpy()}
+    )
     return out.sort_values("patient_id").reset_index(drop=True)
 
 

@@ -41,10 +41,18 @@ def report(task_name: str, y: np.ndarray, probs: np.ndarray, threshold: float, n
     return {k: v for k, v in full.items() if k not in HEADLINE_DROP}
 
 
-def prediction_rows(frame: pd.DataFrame, split: str, y: np.ndarray, logits: np.ndarray, probs: np.ndarray,
-                    classes: list[str]) -> pd.DataFrame:
-    rows = pd.DataFrame({"path": frame["path"].to_numpy(), "split": split, "y_true": y,
-                         "label": frame["label"].to_numpy(), "subtype": frame["subtype"].to_numpy()})
+def prediction_rows(
+    frame: pd.DataFrame, split: str, y: np.ndarray, logits: np.ndarray, probs: np.ndarray, classes: list[str]
+) -> pd.DataFrame:
+    rows = pd.DataFrame(
+        {
+            "path": frame["path"].to_numpy(),
+            "split": split,
+            "y_true": y,
+            "label": frame["label"].to_numpy(),
+            "subtype": frame["subtype"].to_numpy(),
+        }
+    )
     for i, name in enumerate(classes):
         rows[f"logit_{name}"] = logits[:, i]
         rows[f"prob_{name}"] = probs[:, i]
@@ -63,6 +71,7 @@ def evaluation_frames(result: TrainResult) -> dict[str, pd.DataFrame]:
 def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 1000) -> dict:
     """Calibrate on validation, evaluate val/official_val/test, write model + card + predictions to the run dir."""
     cfg = result.config
+    model_id = model_id or default_model_id(cfg.arch, cfg.task)
     task = get_task(cfg.task)
     classes = list(task.classes)
     spec = Preprocessing(input_size=cfg.input_size)
@@ -96,21 +105,27 @@ def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 
         "task": cfg.task,
         "classes": classes,
         "preprocessing": spec.to_dict(),
-        "training": {**cfg.to_dict(), "best_epoch": result.best_epoch, "best_val_auroc": result.best_val_auroc,
-                     "epochs_run": len(result.history), "seconds": round(result.seconds, 1),
-                     "device": str(device), "torch": torch.__version__, "host": platform.node() or "unknown",
-                     "imagenet_init": bool(getattr(result.model, "pretrained", False))},
+        "training": {
+            **cfg.to_dict(),
+            "best_epoch": result.best_epoch,
+            "best_val_auroc": result.best_val_auroc,
+            "epochs_run": len(result.history),
+            "seconds": round(result.seconds, 1),
+            "device": str(device),
+            "torch": torch.__version__,
+            "host": platform.node() or "unknown",
+            "imagenet_init": bool(getattr(result.model, "pretrained", False)),
+        },
         "data": data_summary(result),
         "temperature": temperature,
         "threshold": threshold,
         "thresholds": thresholds,
         "metrics": metrics,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "evaluation_command": f"python -m cxrdemo evaluate --model {model_id or default_model_id(cfg.arch, cfg.task)} --split test",
+        "evaluation_command": f"python -m cxrdemo evaluate --model {model_id} --split test",
     }
     tensors = result.model.state_dict()
-    return write_model(Path(cfg.out), model_id or default_model_id(cfg.arch, cfg.task), tensors, card,
-                       buffer.getvalue(), run=True)
+    return write_model(Path(cfg.out), model_id, tensors, card, buffer.getvalue(), run=True)
 
 
 def data_summary(result: TrainResult) -> dict:

@@ -136,8 +136,14 @@ def _validate(arch: str, task: str, epochs: int, subset: int | None, device: str
         raise JobError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
 
 
-def start_job(arch: str, task: str = "binary", epochs: int = 10, subset: int | None = None, device: str = "auto",
-              data: str | Path | None = None) -> Job:
+def start_job(
+    arch: str,
+    task: str = "binary",
+    epochs: int = 10,
+    subset: int | None = None,
+    device: str = "auto",
+    data: str | Path | None = None,
+) -> Job:
     """Start training `arch` on `task` in a background process; refuses while another job runs."""
     _validate(arch, task, epochs, subset, device)
     root = _runs_root()
@@ -151,13 +157,36 @@ def start_job(arch: str, task: str = "binary", epochs: int = 10, subset: int | N
     with _start_lock(root):
         running = running_job()
         if running is not None:
-            raise JobError(f"a training job is already running ({running.id}, pid {running.pid}); "
-                           "wait for it or cancel it")
+            raise JobError(
+                f"a training job is already running ({running.id}, pid {running.pid}); wait for it or cancel it"
+            )
         run_dir = _new_run_dir(root, arch, task)
-        args = {"arch": arch, "task": task, "epochs": epochs, "subset": subset, "device": device,
-                "data": str(data_dir(data))}
-        command = [sys.executable, "-m", "cxrdemo", "train", "--arch", arch, "--task", task,
-                   "--epochs", str(epochs), "--device", device, "--data", args["data"], "--out", str(run_dir)]
+        args = {
+            "arch": arch,
+            "task": task,
+            "epochs": epochs,
+            "subset": subset,
+            "device": device,
+            "data": str(data_dir(data)),
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "cxrdemo",
+            "train",
+            "--arch",
+            arch,
+            "--task",
+            task,
+            "--epochs",
+            str(epochs),
+            "--device",
+            device,
+            "--data",
+            args["data"],
+            "--out",
+            str(run_dir),
+        ]
         if subset is not None:
             command += ["--subset", str(subset)]
         proc = None
@@ -165,13 +194,27 @@ def start_job(arch: str, task: str = "binary", epochs: int = 10, subset: int | N
             with open(run_dir / LOG_FILE, "wb") as log:
                 # A new session: the job outlives the app (a restart does not kill it) and cancel can
                 # signal its whole process group.
-                proc = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                proc = subprocess.Popen(
+                    command,
+                    cwd=REPO_ROOT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             _children[proc.pid] = proc
-            atomic_write_json(run_dir / JOB_FILE, {"id": run_dir.name, "pid": proc.pid,
-                                                   "pid_start": _proc_start(proc.pid), "command": command,
-                                                   "args": args, "started": time.time()})
+            atomic_write_json(
+                run_dir / JOB_FILE,
+                {
+                    "id": run_dir.name,
+                    "pid": proc.pid,
+                    "pid_start": _proc_start(proc.pid),
+                    "command": command,
+                    "args": args,
+                    "started": time.time(),
+                },
+            )
         except OSError as err:
             if proc is not None:  # without job.json nobody could see or stop it: do not leave it running
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -287,10 +330,21 @@ def _read_job(run_dir: Path) -> Job | None:
             card = read_json(run_dir / "card.json")
         except (OSError, ValueError):
             state, error = "failed", "finished without a readable card.json"
-    return Job(id=run_dir.name, run_dir=run_dir, arch=args.get("arch", "?"), task=args.get("task", "?"),
-               epochs=int(args.get("epochs") or 0), subset=args.get("subset"), device=args.get("device", "?"),
-               state=state, started=float(meta.get("started") or 0.0), pid=pid, metrics=read_metrics(run_dir),
-               card=card, error=error)
+    return Job(
+        id=run_dir.name,
+        run_dir=run_dir,
+        arch=args.get("arch", "?"),
+        task=args.get("task", "?"),
+        epochs=int(args.get("epochs") or 0),
+        subset=args.get("subset"),
+        device=args.get("device", "?"),
+        state=state,
+        started=float(meta.get("started") or 0.0),
+        pid=pid,
+        metrics=read_metrics(run_dir),
+        card=card,
+        error=error,
+    )
 
 
 def _exit_note(pid: int | None) -> str:

@@ -24,8 +24,9 @@ def embed_pixels(backbone: LoadedModel, pixels: torch.Tensor, batch_size: int = 
     return torch.cat(out).numpy()
 
 
-def neighbour_probabilities(memory: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int,
-                            num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def neighbour_probabilities(
+    memory: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(class probabilities (N, C), mean cosine distance to the k neighbours (N,))."""
     from sklearn.neighbors import KNeighborsClassifier
 

@@ -26,21 +26,28 @@ from cxrdemo.tensor_cache import load_pixels
 K_CHOICES = (1, 3, 5, 7, 11, 15, 21, 31, 45)
 
 
-def build_knn(backbone_id: str, *, data: str | None = None, out: Path, model_id: str = "knn-binary",
-              device: str = "cpu") -> dict:
+def build_knn(
+    backbone_id: str, *, data: str | None = None, out: Path, model_id: str = "knn-binary", device: str = "cpu"
+) -> dict:
     """Fit k-NN on `backbone_id`'s embeddings, choose k on validation, evaluate test once, write to `out`."""
     backbone = load_model(backbone_id)
     training = backbone.card["training"]
     task = get_task(backbone.card["task"])
     dataset = load_dataset(data)
-    train_side, val_side = patient_split(dataset.split("train"), val_fraction=training["val_fraction"],
-                                         seed=training["seed"])
+    train_side, val_side = patient_split(
+        dataset.split("train"), val_fraction=training["val_fraction"], seed=training["seed"]
+    )
     size = backbone.preprocessing.input_size
     backbone.module.to(device)
-    embed = {name: embed_pixels(backbone, load_pixels(dataset, frame, size).to(device))
-             for name, frame in (("train", train_side), ("val", val_side), ("test", dataset.split("test")))}
-    y = {"train": dataset.targets(train_side, task), "val": dataset.targets(val_side, task),
-         "test": dataset.targets(dataset.split("test"), task)}
+    embed = {
+        name: embed_pixels(backbone, load_pixels(dataset, frame, size).to(device))
+        for name, frame in (("train", train_side), ("val", val_side), ("test", dataset.split("test")))
+    }
+    y = {
+        "train": dataset.targets(train_side, task),
+        "val": dataset.targets(val_side, task),
+        "test": dataset.targets(dataset.split("test"), task),
+    }
     scored = []
     for k in K_CHOICES:
         probs, _ = neighbour_probabilities(embed["train"], y["train"], embed["val"], k, task.num_classes)
@@ -49,27 +56,48 @@ def build_knn(backbone_id: str, *, data: str | None = None, out: Path, model_id:
     val_probs, val_dist = neighbour_probabilities(embed["train"], y["train"], embed["val"], best_k, task.num_classes)
     threshold = float(choose_thresholds(y["val"], val_probs[:, 1])["youden"])
     test_probs, _ = neighbour_probabilities(embed["train"], y["train"], embed["test"], best_k, task.num_classes)
-    metrics = {"val": report(task.name, y["val"], val_probs, threshold), "test": report(task.name, y["test"], test_probs, threshold)}
+    metrics = {
+        "val": report(task.name, y["val"], val_probs, threshold),
+        "test": report(task.name, y["test"], test_probs, threshold),
+    }
     rows = []
     for split, frame, probs in (("val", val_side, val_probs), ("test", dataset.split("test"), test_probs)):
-        part = pd.DataFrame({"path": frame["path"], "split": split, "y_true": y[split], "label": frame["label"],
-                             "subtype": frame["subtype"]})
+        part = pd.DataFrame(
+            {
+                "path": frame["path"],
+                "split": split,
+                "y_true": y[split],
+                "label": frame["label"],
+                "subtype": frame["subtype"],
+            }
+        )
         for i, name in enumerate(task.classes):
             part[f"prob_{name}"] = probs[:, i]
         rows.append(part)
     buffer = io.StringIO()
     pd.concat(rows).to_csv(buffer, index=False, float_format="%.6g")
     card = {
-        "kind": "knn", "arch": "knn", "task": task.name, "classes": list(task.classes), "backbone": backbone_id,
-        "preprocessing": backbone.card["preprocessing"], "k": best_k,
+        "kind": "knn",
+        "arch": "knn",
+        "task": task.name,
+        "classes": list(task.classes),
+        "backbone": backbone_id,
+        "preprocessing": backbone.card["preprocessing"],
+        "k": best_k,
         "k_selection": {str(k): float(s) for s, _, k in scored},
-        "threshold": threshold, "temperature": 1.0,
+        "threshold": threshold,
+        "temperature": 1.0,
         "ood_distance_threshold": float(np.quantile(val_dist, 0.99)),
-        "training": {"fitted_on": "training side of the backbone's patient split", "n_memory": int(len(y["train"])),
-                     "k_chosen_on": "validation AUROC", "val_fraction": training["val_fraction"],
-                     "seed": training["seed"]},
+        "training": {
+            "fitted_on": "training side of the backbone's patient split",
+            "n_memory": int(len(y["train"])),
+            "k_chosen_on": "validation AUROC",
+            "val_fraction": training["val_fraction"],
+            "seed": training["seed"],
+        },
         "data": {"dataset": dataset.root.name, "manifest_fingerprint": dataset.fingerprint},
-        "metrics": metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "metrics": metrics,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     tensors = {"embeddings": torch.from_numpy(embed["train"]), "labels": torch.from_numpy(y["train"])}
     return write_model(out, model_id, tensors, card, buffer.getvalue())

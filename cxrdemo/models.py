@@ -40,8 +40,9 @@ def create_model(name: str, num_classes: int = 2) -> nn.Module:
 class Classifier(nn.Module):
     """`features` (image -> feature map) followed by `head` (feature map -> logits)."""
 
-    def __init__(self, features: nn.Module, width: int, num_classes: int, dropout: float = 0.0,
-                 hidden: int | None = None) -> None:
+    def __init__(
+        self, features: nn.Module, width: int, num_classes: int, dropout: float = 0.0, hidden: int | None = None
+    ) -> None:
         super().__init__()
         self.features = features
         layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
@@ -61,6 +62,7 @@ class Classifier(nn.Module):
 
 
 # --- ZubinRNet: a compact residual network of BasicBlocks, trained from scratch -------------------
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 conv + BN with a skip connection (He et al. 2016, fig. 2)."""
@@ -85,7 +87,9 @@ class BasicBlock(nn.Module):
 @register_model("zubinrnet")
 def zubinrnet(num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256)) -> Classifier:
     layers: list[nn.Module] = [
-        nn.Conv2d(1, widths[0], 5, 2, 2, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True),
+        nn.Conv2d(1, widths[0], 5, 2, 2, bias=False),
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(3, 2, 1),
     ]
     c_in = widths[0]
@@ -98,6 +102,7 @@ def zubinrnet(num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256)) ->
 # --- torchvision architectures with a one-channel stem ---------------------------------------------
 
 # torchvision is imported inside the builders that need it: it costs about a second at start-up.
+
 
 def _imagenet_state(weights) -> dict[str, torch.Tensor] | None:
     """ImageNet weights from torchvision's local cache, or None (nothing is ever downloaded)."""
@@ -159,9 +164,14 @@ def vgg16(num_classes: int) -> Classifier:
 
 # --- CNN4: four conv blocks, from the Keras pneumonia notebooks ------------------------------------
 
+
 def _conv_block(c_in: int, c_out: int, dropout: float) -> nn.Sequential:
-    block = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-             nn.MaxPool2d(2)]
+    block = [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    ]
     if dropout:
         block.append(nn.Dropout2d(dropout))
     return nn.Sequential(*block)
@@ -177,6 +187,7 @@ def cnn4(num_classes: int) -> Classifier:
 
 # --- Convolutional autoencoder: anomaly score = reconstruction error -------------------------------
 
+
 class AutoEncoder(nn.Module):
     """Encoder 32/64/128/256 (conv + BN + ReLU + pool), transposed-conv decoder, sigmoid output.
 
@@ -188,8 +199,12 @@ class AutoEncoder(nn.Module):
         enc: list[nn.Module] = []
         c_in = 1
         for width in widths:
-            enc += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                    nn.MaxPool2d(2)]
+            enc += [
+                nn.Conv2d(c_in, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c_in = width
         dec: list[nn.Module] = []
         for width in reversed((1, *widths[:-1])):

@@ -44,8 +44,13 @@ def fit_statistics(train_pixels: torch.Tensor, val_pixels: torch.Tensor) -> dict
 
     model = LedoitWolf().fit(image_statistics(train_pixels))
     threshold = float(np.quantile(model.mahalanobis(image_statistics(val_pixels)), QUANTILE))
-    return {"size": STATISTICS_SIZE, "mean": model.location_.tolist(), "precision": model.precision_.tolist(),
-            "threshold": threshold, "rule": f"{QUANTILE:.0%} quantile of validation images (squared distance)"}
+    return {
+        "size": STATISTICS_SIZE,
+        "mean": model.location_.tolist(),
+        "precision": model.precision_.tolist(),
+        "threshold": threshold,
+        "rule": f"{QUANTILE:.0%} quantile of validation images (squared distance)",
+    }
 
 
 def statistics_distance(pixels: np.ndarray, model: dict) -> float:

@@ -16,14 +16,35 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SKIMAGE = {
-    "photo": ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "camera.png",
-              "hubble_deep_field.jpg", "moon.png", "coins.png", "color.png", "clock_motion.png"],
+    "photo": [
+        "astronaut.png",
+        "coffee.png",
+        "chelsea.png",
+        "rocket.jpg",
+        "motorcycle_left.png",
+        "camera.png",
+        "hubble_deep_field.jpg",
+        "moon.png",
+        "coins.png",
+        "color.png",
+        "clock_motion.png",
+    ],
     "document": ["page.png", "text.png", "logo.png"],
     "texture": ["brick.png", "grass.png", "gravel.png", "chessboard_GRAY.png", "horse.png"],
     "medical-other": ["retina.jpg", "ihc.png", "cell.png", "microaneurysms.png", "phantom.png"],
 }
-PYDICOM = ["CT_small.dcm", "MR_small.dcm", "liver_1frame.dcm", "rtdose_1frame.dcm", "SC_rgb.dcm", "JPEG-lossy.dcm",
-           "examples_rgb_color.dcm", "examples_palette.dcm", "SC_rgb_small_odd.dcm", "MR_small_RLE.dcm"]
+PYDICOM = [
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "liver_1frame.dcm",
+    "rtdose_1frame.dcm",
+    "SC_rgb.dcm",
+    "JPEG-lossy.dcm",
+    "examples_rgb_color.dcm",
+    "examples_palette.dcm",
+    "SC_rgb_small_odd.dcm",
+    "MR_small_RLE.dcm",
+]
 
 
 @dataclass(frozen=True)
@@ -81,14 +102,20 @@ def ood_images() -> list[OodImage]:
         sample = Path(matplotlib.get_data_path()) / "sample_data"
         for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png"):
             if (sample / name).exists():
-                out.append(OodImage(name, "photo" if name.endswith(("jpg", "Pack.png")) else "document",
-                                    (sample / name).read_bytes()))
+                out.append(
+                    OodImage(
+                        name,
+                        "photo" if name.endswith(("jpg", "Pack.png")) else "document",
+                        (sample / name).read_bytes(),
+                    )
+                )
         mri = sample / "s1045.ima.gz"
         if mri.exists():  # a raw 256x256 16-bit MR slice
             raw = np.frombuffer(gzip.decompress(mri.read_bytes()), np.uint16).astype(np.float32)
             slice_ = raw[: 256 * 256].reshape(256, 256)
-            out.append(OodImage("mr_s1045.png", "medical-other",
-                                _png((255 * slice_ / max(slice_.max(), 1)).astype(np.uint8))))
+            out.append(
+                OodImage("mr_s1045.png", "medical-other", _png((255 * slice_ / max(slice_.max(), 1)).astype(np.uint8)))
+            )
     except ImportError:
         pass
     return out

@@ -32,11 +32,20 @@ SPLITS = ("test", "val", "official_val")
 SPLIT_LABELS = {"test": "test", "val": "validation (patient split of train)", "official_val": "official val (16)"}
 NO_CAM_KINDS = {"knn": "k-NN votes over stored embeddings", "ensemble": "an average of other models"}
 # headline metrics per task: (key in the report, label); the first two drive the comparison chart
-BINARY_METRICS = (("roc_auc", "AUROC"), ("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"),
-                  ("specificity", "Specificity"), ("precision", "Precision (PPV)"), ("f1", "F1"),
-                  ("pr_auc", "PR AUC (average precision)"))
-MULTICLASS_METRICS = (("macro_roc_auc", "AUROC (macro, one-vs-rest)"), ("accuracy", "Accuracy"),
-                      ("macro_f1", "F1 (macro)"))
+BINARY_METRICS = (
+    ("roc_auc", "AUROC"),
+    ("accuracy", "Accuracy"),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+    ("precision", "Precision (PPV)"),
+    ("f1", "F1"),
+    ("pr_auc", "PR AUC (average precision)"),
+)
+MULTICLASS_METRICS = (
+    ("macro_roc_auc", "AUROC (macro, one-vs-rest)"),
+    ("accuracy", "Accuracy"),
+    ("macro_f1", "F1 (macro)"),
+)
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -112,10 +121,16 @@ def comparison_table(cards: dict[str, dict], split: str = "test") -> pd.DataFram
             if value is None or pd.isna(value):
                 continue
             lo, hi = row.get(f"{split}_{name}_lo"), row.get(f"{split}_{name}_hi")
-            rows.append({"model": row["model"], "metric": label, "value": float(value),
-                         "error_minus": float(value - lo) if pd.notna(lo) else 0.0,
-                         "error_plus": float(hi - value) if pd.notna(hi) else 0.0,
-                         "ci": _ci_text(lo, hi)})
+            rows.append(
+                {
+                    "model": row["model"],
+                    "metric": label,
+                    "value": float(value),
+                    "error_minus": float(value - lo) if pd.notna(lo) else 0.0,
+                    "error_plus": float(hi - value) if pd.notna(hi) else 0.0,
+                    "ci": _ci_text(lo, hi),
+                }
+            )
     return pd.DataFrame(rows, columns=["model", "metric", "value", "error_minus", "error_plus", "ci"])
 
 
@@ -134,8 +149,9 @@ def available_splits(model_id: str, directory: Path | None = None) -> list[str]:
     return [s for s in SPLITS if s in present]
 
 
-def split_predictions(model_id: str, split: str = "test", directory: Path | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, list[str], pd.DataFrame]:
+def split_predictions(
+    model_id: str, split: str = "test", directory: Path | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str], pd.DataFrame]:
     """(y_true (N,), probabilities (N, C), classes, the prediction rows) of one split.
 
     The stored probabilities; from the stored logits and the card's temperature only when the file has
@@ -170,8 +186,14 @@ def card_threshold(card: dict) -> float | None:
     return float(card.get("threshold") or 0.5)
 
 
-def report_for(model_id: str, split: str = "test", threshold: float | None = None, *, n_boot: int = 1000,
-               directory: Path | None = None) -> dict:
+def report_for(
+    model_id: str,
+    split: str = "test",
+    threshold: float | None = None,
+    *,
+    n_boot: int = 1000,
+    directory: Path | None = None,
+) -> dict:
     """Metrics with 95 % bootstrap intervals, curves and reliability of one model on one split.
 
     Binary models: `metrics.binary_report` at `threshold` (default: the card's), plus `classes`.
@@ -183,8 +205,14 @@ def report_for(model_id: str, split: str = "test", threshold: float | None = Non
     directory = _directory(directory)
     card = load_card(model_id, directory)
     y, probs, classes, _ = split_predictions(model_id, split, directory)
-    common = {"model": model_id, "split": split, "kind": card.get("kind", "classifier"), "task": card.get("task"),
-              "classes": classes, "headline": [list(m) for m in _headline(card)]}
+    common = {
+        "model": model_id,
+        "split": split,
+        "kind": card.get("kind", "classifier"),
+        "task": card.get("task"),
+        "classes": classes,
+        "headline": [list(m) for m in _headline(card)],
+    }
     if len(classes) == 2:
         threshold = card_threshold(card) if threshold is None else float(threshold)
         return {**binary_report(y, probs[:, 1], threshold, n_boot=n_boot), **common}
@@ -215,8 +243,7 @@ def metrics_table(report: dict) -> pd.DataFrame:
         value, (lo, hi) = _value_ci(report.get(key))
         rows.append({"metric": label, "value": value, "ci_low": lo, "ci_high": hi, "95 % CI": _ci_text(lo, hi)})
     ece = report.get("ece", {}).get("value")
-    rows.append({"metric": "Expected calibration error", "value": ece, "ci_low": None, "ci_high": None,
-                 "95 % CI": "–"})
+    rows.append({"metric": "Expected calibration error", "value": ece, "ci_low": None, "ci_high": None, "95 % CI": "–"})
     return pd.DataFrame(rows)
 
 
@@ -246,17 +273,26 @@ def confusion_frame(result: dict) -> pd.DataFrame:
 
 def reliability_frame(report: dict) -> pd.DataFrame:
     """Non-empty reliability bins: bin_mid, mean_confidence, fraction_positive, count."""
-    rows = [{"bin_mid": (b["lo"] + b["hi"]) / 2, "mean_confidence": b["mean_confidence"],
-             "fraction_positive": b["fraction_positive"], "count": b["count"]}
-            for b in report["reliability"]["bins"] if b["count"]]
+    rows = [
+        {
+            "bin_mid": (b["lo"] + b["hi"]) / 2,
+            "mean_confidence": b["mean_confidence"],
+            "fraction_positive": b["fraction_positive"],
+            "count": b["count"],
+        }
+        for b in report["reliability"]["bins"]
+        if b["count"]
+    ]
     return pd.DataFrame(rows, columns=["bin_mid", "mean_confidence", "fraction_positive", "count"])
 
 
 def roc_curves(report: dict) -> pd.DataFrame:
     """ROC points in long format: curve, fpr, tpr, threshold (one curve per class for multiclass)."""
     curves = report.get("roc_by_class") or {report["classes"][-1]: report["roc"]}
-    parts = [pd.DataFrame({"curve": name, "fpr": c["fpr"], "tpr": c["tpr"], "threshold": c["thresholds"]})
-             for name, c in curves.items()]
+    parts = [
+        pd.DataFrame({"curve": name, "fpr": c["fpr"], "tpr": c["tpr"], "threshold": c["thresholds"]})
+        for name, c in curves.items()
+    ]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["curve", "fpr", "tpr", "threshold"])
 
 
@@ -271,8 +307,13 @@ def pr_curve(report: dict) -> pd.DataFrame:
 # --- mistakes -------------------------------------------------------------------------------------
 
 
-def misclassified(model_id: str, split: str = "test", threshold: float | None = None, limit: int | None = None,
-                  directory: Path | None = None) -> pd.DataFrame:
+def misclassified(
+    model_id: str,
+    split: str = "test",
+    threshold: float | None = None,
+    limit: int | None = None,
+    directory: Path | None = None,
+) -> pd.DataFrame:
     """Wrongly classified images, most confident mistakes first.
 
     Binary models decide `P(positive) >= threshold` (default: the card's threshold); others take the
@@ -288,11 +329,18 @@ def misclassified(model_id: str, split: str = "test", threshold: float | None = 
     else:
         pred = probs.argmax(axis=1)
     rows = np.arange(len(y))
-    out = pd.DataFrame({
-        "path": frame["path"], "label": frame["label"], "subtype": frame["subtype"],
-        "true": [classes[i] for i in y], "predicted": [classes[i] for i in pred], "predicted_index": pred,
-        "p_predicted": probs[rows, pred], "p_true": probs[rows, y],
-    })
+    out = pd.DataFrame(
+        {
+            "path": frame["path"],
+            "label": frame["label"],
+            "subtype": frame["subtype"],
+            "true": [classes[i] for i in y],
+            "predicted": [classes[i] for i in pred],
+            "predicted_index": pred,
+            "p_predicted": probs[rows, pred],
+            "p_true": probs[rows, y],
+        }
+    )
     out = out[pred != y].sort_values(["p_true", "path"], kind="stable").reset_index(drop=True)
     return out if limit is None else out.head(int(limit))
 
@@ -324,8 +372,9 @@ def cam_unavailable(card: dict) -> str | None:
     return None
 
 
-def gradcam_overlay(predictor, model_id: str, dataset: Dataset, relative: str,
-                    target_class: int | None = None) -> np.ndarray:
+def gradcam_overlay(
+    predictor, model_id: str, dataset: Dataset, relative: str, target_class: int | None = None
+) -> np.ndarray:
     """HxWx3 uint8 Grad-CAM overlay for one image of `dataset` (classifiers only).
 
     `target_class` is the class explained; pass the thresholded decision (`misclassified`'s

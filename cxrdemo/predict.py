@@ -61,8 +61,11 @@ class Predictor:
 
     def model_ids(self, task: str | None = "binary") -> list[str]:
         """Usable classifier ids (k-NN and ensemble included) for `task`, ensemble last."""
-        ids = [i for i, c in self.cards().items() if "error" not in c and c.get("kind") in ("classifier", "knn")
-               and (task is None or c.get("task") == task)]
+        ids = [
+            i
+            for i, c in self.cards().items()
+            if "error" not in c and c.get("kind") in ("classifier", "knn") and (task is None or c.get("task") == task)
+        ]
         if (task in (None, "binary")) and "ensemble" in self.cards():
             ids.append("ensemble")
         return ids
@@ -142,17 +145,30 @@ class Predictor:
             return self.explain_network(model.card["backbone"])
         return model_id, model
 
-    def predict_and_explain(self, image: LoadedImage, model_id: str | None = None, *, method: str = "gradcam",
-                            target_class: int | None = None, opacity: float = 0.4,
-                            with_subtype: bool = True) -> tuple[Prediction, Explanation, str]:
+    def predict_and_explain(
+        self,
+        image: LoadedImage,
+        model_id: str | None = None,
+        *,
+        method: str = "gradcam",
+        target_class: int | None = None,
+        opacity: float = 0.4,
+        with_subtype: bool = True,
+    ) -> tuple[Prediction, Explanation, str]:
         """Prediction plus heatmap; for a plain classifier both come from one forward pass.
 
         Returns (prediction, explanation, id of the explained network).
         """
         model_id = model_id or self.default_model_id()
         network_id, network = self.explain_network(model_id)
-        explanation = explain(network.module, image.pixels, network.preprocessing, method=method,
-                              target_class=target_class, opacity=opacity)
+        explanation = explain(
+            network.module,
+            image.pixels,
+            network.preprocessing,
+            method=method,
+            target_class=target_class,
+            opacity=opacity,
+        )
         if network_id == model_id:
             probs = apply_temperature(explanation.logits[None], network.temperature)[0]
             prediction = self._finish(image, model_id, network, probs, with_subtype)
@@ -160,16 +176,18 @@ class Predictor:
             prediction = self.predict(image, model_id, with_subtype=with_subtype)
         return prediction, explanation, network_id
 
-    def _finish(self, image: LoadedImage, model_id: str, model: LoadedModel, probs: np.ndarray,
-                with_subtype: bool) -> Prediction:
+    def _finish(
+        self, image: LoadedImage, model_id: str, model: LoadedModel, probs: np.ndarray, with_subtype: bool
+    ) -> Prediction:
         classes = model.classes
         threshold = model.threshold if len(classes) == 2 else None
         if threshold is not None:
             label = classes[1] if probs[1] >= threshold else classes[0]
         else:
             label = classes[int(np.argmax(probs))]
-        result = Prediction(image.name, model_id, label, {c: float(p) for c, p in zip(classes, probs)}, threshold,
-                            list(image.warnings))
+        result = Prediction(
+            image.name, model_id, label, {c: float(p) for c, p in zip(classes, probs)}, threshold, list(image.warnings)
+        )
         result.ood, result.ood_score, ood_warning = self.out_of_distribution(image.pixels)
         if ood_warning:
             result.warnings.append(ood_warning)

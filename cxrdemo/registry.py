@@ -81,14 +81,27 @@ def state_to_fp16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def artifact_paths(directory: Path, model_id: str, *, run: bool = False) -> dict[str, Path]:
     """Weights, card and predictions files: `<id>.*` in the registry, fixed names in a run folder."""
     if run:
-        return {"weights": directory / "model.safetensors", "card": directory / "card.json",
-                "predictions": directory / "predictions.csv"}
-    return {"weights": directory / f"{model_id}.safetensors", "card": directory / f"{model_id}.json",
-            "predictions": directory / f"{model_id}.predictions.csv"}
+        return {
+            "weights": directory / "model.safetensors",
+            "card": directory / "card.json",
+            "predictions": directory / "predictions.csv",
+        }
+    return {
+        "weights": directory / f"{model_id}.safetensors",
+        "card": directory / f"{model_id}.json",
+        "predictions": directory / f"{model_id}.predictions.csv",
+    }
 
 
-def write_model(directory: Path, model_id: str, tensors: dict[str, torch.Tensor], card: dict,
-                predictions_csv: str | None = None, *, run: bool = False) -> dict:
+def write_model(
+    directory: Path,
+    model_id: str,
+    tensors: dict[str, torch.Tensor],
+    card: dict,
+    predictions_csv: str | None = None,
+    *,
+    run: bool = False,
+) -> dict:
     """Write weights, then predictions, then the card (which names the weights' hash), each atomically."""
     _check_id(model_id)
     paths = artifact_paths(directory, model_id, run=run)
@@ -154,7 +167,9 @@ def load_model(model_id: str, directory: Path | None = None) -> LoadedModel:
         module.load_state_dict({k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()})
     except (KeyError, RuntimeError, ValueError) as err:
         reason = str(err).splitlines()[0][:160]
-        raise ModelLoadError(f"model {model_id}: weights do not fit architecture {card.get('arch')!r} ({reason})") from None
+        raise ModelLoadError(
+            f"model {model_id}: weights do not fit architecture {card.get('arch')!r} ({reason})"
+        ) from None
     return LoadedModel(model_id, card, module.eval())
 
 

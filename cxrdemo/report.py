@@ -20,13 +20,30 @@ from cxrdemo.predict import Prediction
 NOTICE = "Research demo, not for clinical use"
 TITLE = "cxrdemo - chest X-ray classifier report"
 _PREFERRED_SPLITS = (("test", "Test"), ("official_val", "Official val"), ("val", "Validation"))
-_HEADLINE_METRICS = (("roc_auc", "AUROC"), ("accuracy", "accuracy"), ("macro_auroc", "macro AUROC"),
-                     ("balanced_accuracy", "balanced accuracy"))
-_ASCII = {"\u2026": "...", "\u2013": "-", "\u2014": "-", "\u2212": "-", "\u2018": "'", "\u2019": "'",
-          "\u201c": '"', "\u201d": '"', "\u2022": "-", "\u2265": ">=", "\u2264": "<=", "\u2192": "->"}
+_HEADLINE_METRICS = (
+    ("roc_auc", "AUROC"),
+    ("accuracy", "accuracy"),
+    ("macro_auroc", "macro AUROC"),
+    ("balanced_accuracy", "balanced accuracy"),
+)
+_ASCII = {
+    "\u2026": "...",
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2212": "-",
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u2022": "-",
+    "\u2265": ">=",
+    "\u2264": "<=",
+    "\u2192": "->",
+}
 
 
 # --- shared text -------------------------------------------------------------------------------------
+
 
 def latin1(text: str) -> str:
     """Text the PDF core fonts can draw: common typography mapped to ASCII, anything else as '?'."""
@@ -127,8 +144,9 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
     return out
 
 
-def report_png(image: LoadedImage, overlay: np.ndarray, prediction: Prediction, card: dict, *,
-               explained: str | None = None) -> bytes:
+def report_png(
+    image: LoadedImage, overlay: np.ndarray, prediction: Prediction, card: dict, *, explained: str | None = None
+) -> bytes:
     """A report sheet as PNG bytes; `explained` captions the overlay (method, class, network)."""
     title_f, head_f, body_f, small_f = _font(30), _font(22), _font(17), _font(14)
     canvas = Image.new("RGB", (_WIDTH, 4000), "white")
@@ -151,8 +169,7 @@ def report_png(image: LoadedImage, overlay: np.ndarray, prediction: Prediction, 
     # image | overlay, each fitted into half the width
     box = (inner - _GAP) // 2
     tallest = 0
-    for column, (pixels, caption) in enumerate(((image.pixels, "Image"),
-                                                (overlay, explained or "Heatmap overlay"))):
+    for column, (pixels, caption) in enumerate(((image.pixels, "Image"), (overlay, explained or "Heatmap overlay"))):
         img = _fit(_rgb(pixels), box)
         x = _MARGIN + column * (box + _GAP)
         canvas.paste(img, (x, y))
@@ -181,8 +198,12 @@ def report_png(image: LoadedImage, overlay: np.ndarray, prediction: Prediction, 
             draw.line((tx, y - 4, tx, y + 28), fill=_INK, width=3)
         y += 32
     if prediction.threshold is not None:
-        draw.text((_MARGIN + label_w, y), f"| marks the decision threshold {prediction.threshold:.3f}",
-                  font=small_f, fill=_MUTED)
+        draw.text(
+            (_MARGIN + label_w, y),
+            f"| marks the decision threshold {prediction.threshold:.3f}",
+            font=small_f,
+            fill=_MUTED,
+        )
         y += 22
     subtype = _subtype_line(prediction)
     if subtype:
@@ -220,6 +241,7 @@ def report_png(image: LoadedImage, overlay: np.ndarray, prediction: Prediction, 
 
 # --- PDF ---------------------------------------------------------------------------------------------
 
+
 def _png_stream(pixels: np.ndarray, longest: int = 1024) -> BytesIO:
     img = _rgb(pixels)
     img.thumbnail((longest, longest), Image.Resampling.LANCZOS)
@@ -229,8 +251,15 @@ def _png_stream(pixels: np.ndarray, longest: int = 1024) -> BytesIO:
     return buffer
 
 
-def report_pdf(image: LoadedImage, overlay: np.ndarray, prediction: Prediction, card: dict, *,
-               explained: str | None = None, compress: bool = True) -> bytes:
+def report_pdf(
+    image: LoadedImage,
+    overlay: np.ndarray,
+    prediction: Prediction,
+    card: dict,
+    *,
+    explained: str | None = None,
+    compress: bool = True,
+) -> bytes:
     """A one-page A4 report as PDF bytes (`compress=False` leaves the text streams readable)."""
     pdf = FPDF(unit="mm", format="A4")
     pdf.set_compression(compress)
@@ -250,11 +279,21 @@ def report_pdf(image: LoadedImage, overlay: np.ndarray, prediction: Prediction, 
     pdf.set_draw_color(*_ACCENT)
     pdf.set_font("Helvetica", "B", 11)
     pdf.set_text_color(*_ACCENT)
-    pdf.cell(width, 8, latin1(f"{NOTICE}. Predictions are not a diagnosis."), border=1, fill=True,
-             new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(
+        width,
+        8,
+        latin1(f"{NOTICE}. Predictions are not a diagnosis."),
+        border=1,
+        fill=True,
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
     pdf.ln(2)
-    line(f"File: {image.name}  |  {image.source_format}, {image.original_size[0]} x {image.original_size[1]} px",
-         9, colour=_MUTED)
+    line(
+        f"File: {image.name}  |  {image.source_format}, {image.original_size[0]} x {image.original_size[1]} px",
+        9,
+        colour=_MUTED,
+    )
     pdf.ln(2)
 
     # image | overlay side by side, scaled to a common height that fits the column width
@@ -264,8 +303,7 @@ def report_pdf(image: LoadedImage, overlay: np.ndarray, prediction: Prediction, 
     box_h = min(box_w * aspect, 90)
     img_w = box_h / aspect
     top = pdf.get_y()
-    for column, (pixels, caption) in enumerate(((image.pixels, "Image"),
-                                                (overlay, explained or "Heatmap overlay"))):
+    for column, (pixels, caption) in enumerate(((image.pixels, "Image"), (overlay, explained or "Heatmap overlay"))):
         x = pdf.l_margin + column * (box_w + gap)
         pdf.image(_png_stream(pixels), x=x, y=top, w=img_w, h=box_h)
         pdf.set_xy(x, top + box_h + 1)
@@ -299,7 +337,7 @@ def report_pdf(image: LoadedImage, overlay: np.ndarray, prediction: Prediction, 
         pdf.set_xy(x0 + bar_w + 2, y)
         pdf.cell(20, bar_h, f"{p:.1%}")
         pdf.set_xy(pdf.l_margin, y + bar_h + 2)
-    for text in _probability_lines(prediction)[len(classes):]:
+    for text in _probability_lines(prediction)[len(classes) :]:
         line(text, 9, colour=_MUTED)
     subtype = _subtype_line(prediction)
     if subtype:
@@ -325,4 +363,3 @@ def report_pdf(image: LoadedImage, overlay: np.ndarray, prediction: Prediction, 
     pdf.ln(4)
     line(f"{NOTICE}.", 9, "B", _ACCENT)
     return bytes(pdf.output())
-

@@ -27,8 +27,9 @@ def _pick(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return pd.concat([full.head(n - n_low), low.head(n_low)])
 
 
-def write_image(src: Path, dst: Path, *, max_side: int | None = None, size: int | None = None,
-                quality: int = 90) -> tuple[int, int]:
+def write_image(
+    src: Path, dst: Path, *, max_side: int | None = None, size: int | None = None, quality: int = 90
+) -> tuple[int, int]:
     """Grayscale JPEG copy: longest side capped at `max_side`, or squashed to `size` x `size`."""
     with Image.open(src) as img:
         img = img.convert("L")

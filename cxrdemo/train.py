@@ -174,6 +174,36 @@ class EMA:
                 ema_v.copy_(v)
 
 
+def epoch_record(
+    cfg: TrainConfig,
+    epoch: int,
+    step: int,
+    losses: list[float],
+    val_loss: float,
+    val_auroc: float,
+    lr: float,
+    images_per_s: float,
+    t0: float,
+    best_epoch: int,
+) -> dict:
+    """One `metrics.jsonl` line after epoch `epoch` (0-based); the admin page draws its curves from these."""
+    elapsed = time.time() - t0
+    return {
+        "event": "epoch",
+        "epoch": epoch + 1,
+        "epochs": cfg.epochs,
+        "step": step,
+        "train_loss": float(np.mean(losses)) if losses else None,
+        "val_loss": val_loss,
+        "val_auroc": None if math.isnan(val_auroc) else val_auroc,
+        "lr": lr,
+        "images_per_s": images_per_s,
+        "elapsed_s": elapsed,
+        "eta_s": elapsed / (epoch + 1) * (cfg.epochs - epoch - 1),
+        "best_epoch": best_epoch,
+    }
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size); initialises the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -227,7 +257,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     train_model: nn.Module = model
     if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     forward = torch.compile(train_model) if cfg.compile else train_model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     weights = class_weights(data.train.targets, task.num_classes) if cfg.class_balanced else None
@@ -243,8 +275,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     bar = _progress(total_steps, rank == 0)
     step = 0
     stale = 0
-    log.record(event="start", epochs=cfg.epochs, steps=total_steps, n_train=n_train, n_val=len(data.val.targets),
-               device=str(device), world_size=world)
+    log.record(
+        event="start",
+        epochs=cfg.epochs,
+        steps=total_steps,
+        n_train=n_train,
+        n_val=len(data.val.targets),
+        device=str(device),
+        world_size=world,
+    )
     for epoch in range(cfg.epochs):
         model.train()
         epoch_start = time.time()
@@ -288,21 +327,31 @@ def train(cfg: TrainConfig) -> TrainResult:
         judged = ema.model if ema else model
         val_logits = predict_logits(judged, data.val.pixels, spec)
         val_auroc, val_loss = validation_score(val_logits, data.val.targets)
-        improved = val_auroc > best["auroc"] + 1e-6 or (abs(val_auroc - best["auroc"]) <= 1e-6 and val_loss < best["loss"])
+        improved = val_auroc > best["auroc"] + 1e-6 or (
+            abs(val_auroc - best["auroc"]) <= 1e-6 and val_loss < best["loss"]
+        )
         if improved:
-            best.update(auroc=val_auroc, loss=val_loss, epoch=epoch + 1,
-                        state={k: v.detach().clone() for k, v in judged.state_dict().items()})
+            best.update(
+                auroc=val_auroc,
+                loss=val_loss,
+                epoch=epoch + 1,
+                state={k: v.detach().clone() for k, v in judged.state_dict().items()},
+            )
             stale = 0
         else:
             stale += 1
-        elapsed = time.time() - t0
-        record = {
-            "event": "epoch", "epoch": epoch + 1, "epochs": cfg.epochs, "step": step,
-            "train_loss": float(np.mean(losses)) if losses else None, "val_loss": val_loss,
-            "val_auroc": None if math.isnan(val_auroc) else val_auroc,
-            "lr": optimizer.param_groups[0]["lr"], "images_per_s": len(order) * world / max(seconds, 1e-9),
-            "elapsed_s": elapsed, "eta_s": elapsed / (epoch + 1) * (cfg.epochs - epoch - 1), "best_epoch": best["epoch"],
-        }
+        record = epoch_record(
+            cfg,
+            epoch,
+            step,
+            losses,
+            val_loss,
+            val_auroc,
+            optimizer.param_groups[0]["lr"],
+            len(order) * world / max(seconds, 1e-9),
+            t0,
+            best["epoch"],
+        )
         history.append(record)
         log.record(**record)
         if stale >= cfg.patience:

@@ -58,7 +58,23 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out = Path(args.runs) / model_id
         start = time.time()
-        run([py, "-m", "cxrdemo", "train", "--arch", arch, "--task", task, "--data", args.data, "--out", str(out), *extra])
+        run(
+            [
+                py,
+                "-m",
+                "cxrdemo",
+                "train",
+                "--arch",
+                arch,
+                "--task",
+                task,
+                "--data",
+                args.data,
+                "--out",
+                str(out),
+                *extra,
+            ]
+        )
         run([py, "-m", "cxrdemo", "promote", str(out)])
         trained.append((model_id, round(time.time() - start)))
     backbone = args.knn_backbone or ("resnet18-binary" if args.profile == "gpu" else "zubinrnet-binary")

@@ -67,16 +67,25 @@ def start_ui(running: jobs.Job | None) -> None:
     st.subheader("Start a training job")
     with st.form("admin_start_job"):
         cols = st.columns(5)
-        arch = cols[0].selectbox("Architecture", list_models(), key="admin_arch",
-                                 index=list_models().index("cnn4") if "cnn4" in list_models() else 0)
+        arch = cols[0].selectbox(
+            "Architecture",
+            list_models(),
+            key="admin_arch",
+            index=list_models().index("cnn4") if "cnn4" in list_models() else 0,
+        )
         task = cols[1].selectbox("Task", list(TASKS), key="admin_task")
         epochs = cols[2].selectbox("Epochs", EPOCH_CHOICES, index=EPOCH_CHOICES.index(10), key="admin_epochs")
-        subset = cols[3].selectbox("Training images", SUBSET_CHOICES, key="admin_subset",
-                                   format_func=lambda n: "all" if n == 0 else str(n),
-                                   help="Train on a stratified subset (quick trials); 'all' uses the whole split.")
+        subset = cols[3].selectbox(
+            "Training images",
+            SUBSET_CHOICES,
+            key="admin_subset",
+            format_func=lambda n: "all" if n == 0 else str(n),
+            help="Train on a stratified subset (quick trials); 'all' uses the whole split.",
+        )
         device = cols[4].selectbox("Device", list(jobs.DEVICES), key="admin_device")
-        submitted = st.form_submit_button("Start training", key="admin_start_training", type="primary",
-                                          disabled=running is not None)
+        submitted = st.form_submit_button(
+            "Start training", key="admin_start_training", type="primary", disabled=running is not None
+        )
     if running is not None:
         st.caption(f"Job {running.id} is running; one job runs at a time.")
     if submitted:
@@ -117,10 +126,12 @@ def progress_ui(job: jobs.Job) -> None:
         cols[2].metric("Images/s", _fmt(last.get("images_per_s"), 1))
         cols[3].metric("ETA", _duration(last.get("eta_s") or 0.0))
         left, right = st.columns(2)
-        left.plotly_chart(curve_figure(records, {"train_loss": "train", "val_loss": "validation"}, "Loss"),
-                          key="admin_loss_curve")
-        right.plotly_chart(curve_figure(records, {"val_auroc": "validation"}, "Validation AUROC"),
-                           key="admin_auroc_curve")
+        left.plotly_chart(
+            curve_figure(records, {"train_loss": "train", "val_loss": "validation"}, "Loss"), key="admin_loss_curve"
+        )
+        right.plotly_chart(
+            curve_figure(records, {"val_auroc": "validation"}, "Validation AUROC"), key="admin_auroc_curve"
+        )
     else:
         st.info("Loading data and building the model…")
     with st.expander("Log"):
@@ -151,8 +162,11 @@ def history_ui(pred) -> None:
     if not history:
         st.info("No training jobs yet.")
         return
-    st.dataframe(history_table(history), hide_index=True,
-                 column_config={"val AUROC": st.column_config.NumberColumn(format="%.3f")})
+    st.dataframe(
+        history_table(history),
+        hide_index=True,
+        column_config={"val AUROC": st.column_config.NumberColumn(format="%.3f")},
+    )
     # Options are the bare ids (a label that changed with the job's state would lose the selection), and
     # there is no key, so a new job (new options) resets the choice to the newest.
     chosen = st.selectbox("Job", [job.id for job in history])
@@ -170,10 +184,18 @@ def history_ui(pred) -> None:
 def history_table(history: list[jobs.Job]) -> pd.DataFrame:
     rows = []
     for job in history:
-        rows.append({"job": job.id, "state": job.state, "epochs": f"{job.epochs_done}/{job.epochs}",
-                     "val AUROC": job.best_val_auroc, "error": job.error or "",
-                     "images": str(job.subset or "all"), "device": job.device,
-                     "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(job.started))})
+        rows.append(
+            {
+                "job": job.id,
+                "state": job.state,
+                "epochs": f"{job.epochs_done}/{job.epochs}",
+                "val AUROC": job.best_val_auroc,
+                "error": job.error or "",
+                "images": str(job.subset or "all"),
+                "device": job.device,
+                "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(job.started)),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -186,11 +208,23 @@ def finished_ui(job: jobs.Job, pred) -> None:
         st.dataframe(pd.DataFrame(rows).rename(columns={"installed": f"installed {model_id}"}), hide_index=True)
     left, right = st.columns(2)
     # Callbacks run before the script, so the buttons and the table below are drawn in the new state.
-    left.button("Promote", key="admin_promote", type="primary", disabled=active, on_click=promote, args=(job, pred),
-                help="Install this model in place of the current one (the current one is kept for roll back).")
-    right.button("Roll back", key="admin_rollback", disabled=not registry.can_roll_back(model_id),
-                 on_click=roll_back, args=(model_id, pred),
-                 help="Restore the version the last promotion of this model replaced.")
+    left.button(
+        "Promote",
+        key="admin_promote",
+        type="primary",
+        disabled=active,
+        on_click=promote,
+        args=(job, pred),
+        help="Install this model in place of the current one (the current one is kept for roll back).",
+    )
+    right.button(
+        "Roll back",
+        key="admin_rollback",
+        disabled=not registry.can_roll_back(model_id),
+        on_click=roll_back,
+        args=(model_id, pred),
+        help="Restore the version the last promotion of this model replaced.",
+    )
     kind, message = st.session_state.pop(MODEL_FLASH_KEY, (None, None))
     if kind == "success":
         st.success(message)
@@ -233,8 +267,10 @@ def _duration(seconds: float) -> str:
 pred = page_frame("Admin", "🔐")
 password = configured_password()
 if password is None:
-    st.info(f"Admin is disabled: set `{auth.SECRET_KEY}` in `.streamlit/secrets.toml` "
-            f"or the {auth.PASSWORD_ENV} environment variable.")
+    st.info(
+        f"Admin is disabled: set `{auth.SECRET_KEY}` in `.streamlit/secrets.toml` "
+        f"or the {auth.PASSWORD_ENV} environment variable."
+    )
 elif not st.session_state.get(ADMIN_KEY):
     login_ui(password)
 else:

@@ -52,7 +52,10 @@ def _show_example(example: Example | None) -> None:
 upload_col, example_col = st.columns([3, 1], gap="medium")
 with upload_col:
     uploads = st.file_uploader(
-        "Chest X-rays", type=UPLOAD_TYPES, accept_multiple_files=True, key="uploads",
+        "Chest X-rays",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key="uploads",
         help="JPEG, PNG, BMP, TIFF, WebP, GIF or DICOM. Files are analysed in memory and never stored.",
     )
 with example_col:
@@ -63,16 +66,28 @@ with example_col:
         log.exception("diagnose: the bundled sample could not be read")
         examples = []
     for label, example in examples:
-        st.button(f"{label} example", key=f"example_{label}", on_click=_show_example, args=(example,),
-                  width="stretch", help=f"{example.path} from the bundled sample")
+        st.button(
+            f"{label} example",
+            key=f"example_{label}",
+            on_click=_show_example,
+            args=(example,),
+            width="stretch",
+            help=f"{example.path} from the bundled sample",
+        )
     if not examples:
         st.caption("No bundled examples found.")
 
 sources: list[tuple[str, bytes]] = []
 example = st.session_state.get(EXAMPLE_KEY)
 if example is not None:
-    example_col.button("Clear example", key="clear_example", type="tertiary", on_click=_show_example,
-                       args=(None,), help=f"Stop showing {example.label}")
+    example_col.button(
+        "Clear example",
+        key="clear_example",
+        type="tertiary",
+        on_click=_show_example,
+        args=(None,),
+        help=f"Stop showing {example.label}",
+    )
     try:
         sources.append(memo(store, ("example", example), functools.partial(diagnosis.read_example, example)))
     except (OSError, ValueError) as err:
@@ -92,22 +107,35 @@ except ModelLoadError as err:
     st.stop()
 
 mode_col, method_col, target_col, opacity_col = st.columns([1.3, 1, 1, 1], gap="medium")
-mode = mode_col.radio("Models", [SINGLE, COMPARE], horizontal=True, key="diagnose_mode",
-                      help=f"{SINGLE}: the active model from the sidebar. {COMPARE}: add a table of every "
-                           "installed model's answer.")
-method = method_col.selectbox("Heatmap method", list(CAM_METHODS), key="cam_method",
-                              help="Class activation map method; scorecam is slow on a CPU.")
-target = target_col.selectbox("Heatmap class", [PREDICTED, *classes], key="cam_target",
-                              help="Which class the heatmap explains.")
+mode = mode_col.radio(
+    "Models",
+    [SINGLE, COMPARE],
+    horizontal=True,
+    key="diagnose_mode",
+    help=f"{SINGLE}: the active model from the sidebar. {COMPARE}: add a table of every installed model's answer.",
+)
+method = method_col.selectbox(
+    "Heatmap method",
+    list(CAM_METHODS),
+    key="cam_method",
+    help="Class activation map method; scorecam is slow on a CPU.",
+)
+target = target_col.selectbox(
+    "Heatmap class", [PREDICTED, *classes], key="cam_target", help="Which class the heatmap explains."
+)
 opacity = opacity_col.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="cam_opacity")
 show_reconstruction = False
 if "autoencoder" in cards:
-    show_reconstruction = st.checkbox("Show autoencoder reconstruction", key="show_reconstruction",
-                                      help="What the out-of-distribution autoencoder rebuilds; "
-                                           "bright error means unlike the training X-rays.")
+    show_reconstruction = st.checkbox(
+        "Show autoencoder reconstruction",
+        key="show_reconstruction",
+        help="What the out-of-distribution autoencoder rebuilds; bright error means unlike the training X-rays.",
+    )
 summary = report.model_summary(cards.get(model_id, {"id": model_id}))
-st.caption(f"Active model **{model_id}** (change it in the sidebar): "
-           + " · ".join(f"{label[:1].lower()}{label[1:]} {value}" for label, value in summary[1:]))
+st.caption(
+    f"Active model **{model_id}** (change it in the sidebar): "
+    + " · ".join(f"{label[:1].lower()}{label[1:]} {value}" for label, value in summary[1:])
+)
 
 
 # --- one image -----------------------------------------------------------------------------------------
@@ -123,8 +151,9 @@ def _report_bytes(build: Callable[..., bytes], *args, **kwargs) -> bytes:
 def _show_prediction(prediction: Prediction, index: int) -> None:
     st.subheader(prediction.prediction)
     st.caption(diagnosis.decision_text(prediction))
-    st.plotly_chart(diagnosis.probability_figure(prediction), key=f"probabilities_{index}",
-                    config={"displayModeBar": False})
+    st.plotly_chart(
+        diagnosis.probability_figure(prediction), key=f"probabilities_{index}", config={"displayModeBar": False}
+    )
     for warning in prediction.warnings:
         st.warning(warning, icon="⚠️")
     if prediction.ood is False and prediction.ood_score is not None:
@@ -138,8 +167,9 @@ def _show_prediction(prediction: Prediction, index: int) -> None:
 def _show_result(image: LoadedImage, prediction: Prediction, digest: str, index: int, batch: bool) -> None:
     if mode == COMPARE:
         st.markdown("**Every installed model on this image**")
-        table = memo(store, ("compare", digest, image.name, fingerprint),
-                     functools.partial(diagnosis.compare_frame, pred, image))
+        table = memo(
+            store, ("compare", digest, image.name, fingerprint), functools.partial(diagnosis.compare_frame, pred, image)
+        )
         st.dataframe(table, hide_index=True, key=f"compare_{index}")
 
     image_col, heat_col, result_col = st.columns([1, 1, 1.15], gap="medium")
@@ -150,9 +180,13 @@ def _show_result(image: LoadedImage, prediction: Prediction, digest: str, index:
         target_name = prediction.prediction if target == PREDICTED else target
         try:
             with st.spinner("Computing heatmap…"):
-                heat = memo(store, ("heatmap", digest, model_id, fingerprint, method, target_name),
-                            functools.partial(diagnosis.heatmap, pred, image.pixels, model_id, method=method,
-                                              target=target_name))
+                heat = memo(
+                    store,
+                    ("heatmap", digest, model_id, fingerprint, method, target_name),
+                    functools.partial(
+                        diagnosis.heatmap, pred, image.pixels, model_id, method=method, target=target_name
+                    ),
+                )
             overlay = overlay_heatmap(image.pixels, heat.as_float(), opacity)
             explained = f"{method} heatmap of {heat.target} ({heat.network})"
             st.image(overlay, caption=explained, width="stretch")
@@ -166,36 +200,51 @@ def _show_result(image: LoadedImage, prediction: Prediction, digest: str, index:
         _show_prediction(prediction, index)
 
     if show_reconstruction:
-        recon = memo(store, ("reconstruction", digest, fingerprint),
-                     functools.partial(pred.reconstruction, image.pixels))
+        recon = memo(
+            store, ("reconstruction", digest, fingerprint), functools.partial(pred.reconstruction, image.pixels)
+        )
         if recon is not None:
             rebuilt_col, error_col, _ = st.columns([1, 1, 1.15], gap="medium")
             rebuilt_col.image(recon[0], caption="Autoencoder reconstruction", width="stretch")
-            error_col.image(recon[1], caption="Reconstruction error (brighter = less like training X-rays)",
-                            width="stretch")
+            error_col.image(
+                recon[1], caption="Reconstruction error (brighter = less like training X-rays)", width="stretch"
+            )
 
     facts = diagnosis.file_facts(image)
     if batch:
         st.caption(" · ".join(f"{k}: {v}" for k, v in facts))
     else:
         with st.expander("File details"):
-            st.dataframe({"field": [k for k, _ in facts], "value": [v for _, v in facts]}, hide_index=True,
-                         key=f"facts_{index}")
+            st.dataframe(
+                {"field": [k for k, _ in facts], "value": [v for _, v in facts]}, hide_index=True, key=f"facts_{index}"
+            )
 
     if overlay is not None:
         card = cards.get(prediction.model, {"id": prediction.model})
         stem = image.name.rsplit(".", 1)[0] or "image"
         with st.container(horizontal=True):
             st.download_button(
-                "Report (PNG)", functools.partial(_report_bytes, report.report_png, image, overlay, prediction, card,
-                                                  explained=explained),
-                file_name=f"{stem}_report.png", mime="image/png", key=f"report_png_{index}", on_click="ignore",
-                icon=":material/download:")
+                "Report (PNG)",
+                functools.partial(
+                    _report_bytes, report.report_png, image, overlay, prediction, card, explained=explained
+                ),
+                file_name=f"{stem}_report.png",
+                mime="image/png",
+                key=f"report_png_{index}",
+                on_click="ignore",
+                icon=":material/download:",
+            )
             st.download_button(
-                "Report (PDF)", functools.partial(_report_bytes, report.report_pdf, image, overlay, prediction, card,
-                                                  explained=explained),
-                file_name=f"{stem}_report.pdf", mime="application/pdf", key=f"report_pdf_{index}",
-                on_click="ignore", icon=":material/download:")
+                "Report (PDF)",
+                functools.partial(
+                    _report_bytes, report.report_pdf, image, overlay, prediction, card, explained=explained
+                ),
+                file_name=f"{stem}_report.pdf",
+                mime="application/pdf",
+                key=f"report_pdf_{index}",
+                on_click="ignore",
+                icon=":material/download:",
+            )
 
 
 def analyse(index: int, name: str, data: bytes, batch: bool) -> BatchItem:
@@ -206,8 +255,11 @@ def analyse(index: int, name: str, data: bytes, batch: bool) -> BatchItem:
         digest = diagnosis.digest(data)
         with st.spinner(f"Analysing {shown}…"):
             item.image = memo(store, ("image", digest, name), functools.partial(load_image, data, name))
-            item.prediction = memo(store, ("prediction", digest, name, model_id, fingerprint),
-                                   functools.partial(pred.predict, item.image, model_id))
+            item.prediction = memo(
+                store,
+                ("prediction", digest, name, model_id, fingerprint),
+                functools.partial(pred.predict, item.image, model_id),
+            )
         item.name = item.image.name
         if batch:
             label = f"{diagnosis.markdown_escape(item.name)} — **{item.prediction.prediction}**"
@@ -240,10 +292,24 @@ if batch:
         analysed = sum(item.prediction is not None for item in items)
         st.markdown(f"**{analysed} of {len(items)} files analysed** with {model_id}")
         table = diagnosis.batch_frame(items)
-        probability_columns = {c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns
-                               if c.startswith("P(")}
+        probability_columns = {
+            c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns if c.startswith("P(")
+        }
         shown = [c for c in table.columns if c not in ("model", "ood_score")]  # both stay in the CSV
-        st.dataframe(table, hide_index=True, key="batch_results", row_height=64, column_order=shown, column_config={
-            "image": st.column_config.ImageColumn("image", width="small"), **probability_columns})
-        st.download_button("Download results (CSV)", diagnosis.batch_csv(items), file_name="cxrdemo_results.csv",
-                           mime="text/csv", key="batch_csv", on_click="ignore", icon=":material/download:")
+        st.dataframe(
+            table,
+            hide_index=True,
+            key="batch_results",
+            row_height=64,
+            column_order=shown,
+            column_config={"image": st.column_config.ImageColumn("image", width="small"), **probability_columns},
+        )
+        st.download_button(
+            "Download results (CSV)",
+            diagnosis.batch_csv(items),
+            file_name="cxrdemo_results.csv",
+            mime="text/csv",
+            key="batch_csv",
+            on_click="ignore",
+            icon=":material/download:",
+        )

@@ -46,10 +46,15 @@ def filters_ui(choices: dict) -> dict:
     splits = cols[0].multiselect("Split", choices["splits"], key="explorer_splits", placeholder="all")
     labels = cols[1].multiselect("Label", choices["labels"], key="explorer_labels", placeholder="all")
     subtypes = cols[2].multiselect("Subtype", choices["subtypes"], key="explorer_subtypes", placeholder="all")
-    resolution = cols[3].selectbox("Resolution source", choices["resolutions"], key="explorer_resolution",
-                                   format_func=explore.RESOLUTION_LABELS.get)
-    patient = cols[4].text_input("Patient id contains", key="explorer_patient", max_chars=40,
-                                 placeholder="e.g. person1")
+    resolution = cols[3].selectbox(
+        "Resolution source",
+        choices["resolutions"],
+        key="explorer_resolution",
+        format_func=explore.RESOLUTION_LABELS.get,
+    )
+    patient = cols[4].text_input(
+        "Patient id contains", key="explorer_patient", max_chars=40, placeholder="e.g. person1"
+    )
     return {"splits": splits, "labels": labels, "subtypes": subtypes, "resolution": resolution, "patient": patient}
 
 
@@ -68,8 +73,14 @@ def grid_ui(root: str, frame) -> None:
         for col, (_, row) in zip(cols, rows.iloc[start : start + GRID_COLUMNS].iterrows()):
             with col:
                 st.image(thumbnail_of(root, row["path"], explore.THUMBNAIL_PX, square=True), width="stretch")
-                st.button("Open", key=f"open_{row['path']}", on_click=open_image, args=(row["path"],),
-                          width="stretch", help=row["path"])
+                st.button(
+                    "Open",
+                    key=f"open_{row['path']}",
+                    on_click=open_image,
+                    args=(row["path"],),
+                    width="stretch",
+                    help=row["path"],
+                )
                 st.caption(f"{row['split']} · {row['subtype']} · {row['patient_id']}")
 
 
@@ -78,8 +89,9 @@ def detail_ui(root: str, dataset: Dataset, frame) -> None:
     paths = frame["path"].tolist()
     if st.session_state.get(IMAGE_KEY) not in paths:
         st.session_state.pop(IMAGE_KEY, None)
-    selected = st.selectbox("Image", paths, index=None, key=IMAGE_KEY,
-                            placeholder="Pick an image here or press Open under a thumbnail")
+    selected = st.selectbox(
+        "Image", paths, index=None, key=IMAGE_KEY, placeholder="Pick an image here or press Open under a thumbnail"
+    )
     if selected is None:
         return
     info = explore.record(dataset, selected)
@@ -105,29 +117,68 @@ def statistics_ui(stats: dict) -> None:
     cols[4].metric("Duplicate groups", stats["duplicate_groups"], help="groups of byte-identical files")
 
     left, right = st.columns(2)
-    left.plotly_chart(px.bar(stats["class_counts"], x="split", y="images", color="label", barmode="group",
-                             text_auto=True, title="Class frequency per split"), key="chart_classes")
-    right.plotly_chart(px.bar(stats["subtype_counts"], x="split", y="images", color="subtype", text_auto=True,
-                              title="Subtypes per split"), key="chart_subtypes")
+    left.plotly_chart(
+        px.bar(
+            stats["class_counts"],
+            x="split",
+            y="images",
+            color="label",
+            barmode="group",
+            text_auto=True,
+            title="Class frequency per split",
+        ),
+        key="chart_classes",
+    )
+    right.plotly_chart(
+        px.bar(
+            stats["subtype_counts"], x="split", y="images", color="subtype", text_auto=True, title="Subtypes per split"
+        ),
+        key="chart_subtypes",
+    )
     left, right = st.columns(2)
-    left.plotly_chart(px.histogram(stats["sizes"], x="source_width", color="resolution", barmode="overlay",
-                                   nbins=60, log_y=True, category_orders={"resolution": ["full", "low"]},
-                                   title="Source image width (px), by resolution source",
-                                   labels={"source_width": "source width (px)", "resolution": "source"}),
-                      key="chart_sizes")
-    right.plotly_chart(px.bar(stats["patients_per_split"], x="split", y="patients", text_auto=True,
-                              hover_data=["images"], title="Distinct patients per split"), key="chart_patients")
+    left.plotly_chart(
+        px.histogram(
+            stats["sizes"],
+            x="source_width",
+            color="resolution",
+            barmode="overlay",
+            nbins=60,
+            log_y=True,
+            category_orders={"resolution": ["full", "low"]},
+            title="Source image width (px), by resolution source",
+            labels={"source_width": "source width (px)", "resolution": "source"},
+        ),
+        key="chart_sizes",
+    )
+    right.plotly_chart(
+        px.bar(
+            stats["patients_per_split"],
+            x="split",
+            y="patients",
+            text_auto=True,
+            hover_data=["images"],
+            title="Distinct patients per split",
+        ),
+        key="chart_patients",
+    )
 
-    st.markdown(f"**{len(shared)} patients have images in both train and test** (the official split was not "
-                "made by patient; regroup on `patient_id` to split by patient).")
+    st.markdown(
+        f"**{len(shared)} patients have images in both train and test** (the official split was not "
+        "made by patient; regroup on `patient_id` to split by patient)."
+    )
     with st.expander(f"Patients shared between train and test ({len(shared)})"):
         st.dataframe(shared, hide_index=True, width="stretch")
     duplicates = stats["duplicates"]
-    st.markdown(f"**Duplicate files:** {stats['duplicate_groups']} groups of byte-identical images "
-                f"({len(duplicates)} files).")
+    st.markdown(
+        f"**Duplicate files:** {stats['duplicate_groups']} groups of byte-identical images ({len(duplicates)} files)."
+    )
     if len(duplicates):
-        st.dataframe(duplicates, hide_index=True, width="stretch",
-                     column_config={"sha256": st.column_config.TextColumn("sha256", width="small")})
+        st.dataframe(
+            duplicates,
+            hide_index=True,
+            width="stretch",
+            column_config={"sha256": st.column_config.TextColumn("sha256", width="small")},
+        )
 
 
 page_frame("Dataset explorer", "🗂️")

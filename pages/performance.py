@@ -78,15 +78,25 @@ def choose_model_ui(cards: dict) -> tuple[str, str]:
 
 def metrics_ui(report: dict) -> None:
     table = performance.metrics_table(report)
-    st.dataframe(table[["metric", "value", "95 % CI"]], hide_index=True, width="stretch",
-                 column_config={"value": st.column_config.NumberColumn(format="%.3f")})
+    st.dataframe(
+        table[["metric", "value", "95 % CI"]],
+        hide_index=True,
+        width="stretch",
+        column_config={"value": st.column_config.NumberColumn(format="%.3f")},
+    )
     at = f" at the card threshold {report['threshold']:.3f}" if "threshold" in report else " (argmax decision)"
     st.caption(f"{report['n']} images; 95 % percentile bootstrap intervals over images (1000 resamples){at}.")
 
 
 def heatmap(confusion, title: str) -> go.Figure:
-    fig = px.imshow(confusion, text_auto=True, color_continuous_scale="Blues", title=title, aspect="auto",
-                    labels={"x": "predicted", "y": "true", "color": "images"})
+    fig = px.imshow(
+        confusion,
+        text_auto=True,
+        color_continuous_scale="Blues",
+        title=title,
+        aspect="auto",
+        labels={"x": "predicted", "y": "true", "color": "images"},
+    )
     fig.update_layout(coloraxis_showscale=False, height=380)
     return fig
 
@@ -96,47 +106,99 @@ def threshold_ui(model_id: str, split: str, card: dict, stamp: tuple) -> tuple[f
     default = performance.card_threshold(card)
     key = f"performance_threshold_{model_id}"
     choices = card.get("thresholds") or {}
-    named = ", ".join(f"{name.replace('_', ' ')} {choices[name]:.3f}" for name in ("youden", "high_sensitivity")
-                      if isinstance(choices.get(name), float))
-    threshold = st.slider("Decision threshold on P(" + card["classes"][1] + ")", 0.0, 1.0, value=default,
-                          step=0.001, format="%.3f", key=key,
-                          help=f"Default: the card's threshold {default:.3f}, chosen on validation"
-                          + (f" ({named})" if named else "") + ".")
+    named = ", ".join(
+        f"{name.replace('_', ' ')} {choices[name]:.3f}"
+        for name in ("youden", "high_sensitivity")
+        if isinstance(choices.get(name), float)
+    )
+    threshold = st.slider(
+        "Decision threshold on P(" + card["classes"][1] + ")",
+        0.0,
+        1.0,
+        value=default,
+        step=0.001,
+        format="%.3f",
+        key=key,
+        help=f"Default: the card's threshold {default:.3f}, chosen on validation"
+        + (f" ({named})" if named else "")
+        + ".",
+    )
     point = operating_point_of(model_id, split, threshold, stamp)
     cols = st.columns(4)
-    for col, (name, label) in zip(cols, (("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
-                                         ("accuracy", "Accuracy"), ("precision", "Precision (PPV)"))):
+    for col, (name, label) in zip(
+        cols,
+        (
+            ("sensitivity", "Sensitivity"),
+            ("specificity", "Specificity"),
+            ("accuracy", "Accuracy"),
+            ("precision", "Precision (PPV)"),
+        ),
+    ):
         col.metric(label, f"{point[name]:.3f}")
     return threshold, point
 
 
 def curves_ui(report: dict, point: dict | None) -> None:
     roc = performance.roc_curves(report)
-    fig = px.line(roc, x="fpr", y="tpr", color="curve", title="ROC curve" + (" (one-vs-rest)" if
-                  "roc_by_class" in report else ""), hover_data=["threshold"],
-                  labels={"fpr": "1 - specificity", "tpr": "sensitivity"}, range_x=[0, 1], range_y=[0, 1.02])
+    fig = px.line(
+        roc,
+        x="fpr",
+        y="tpr",
+        color="curve",
+        title="ROC curve" + (" (one-vs-rest)" if "roc_by_class" in report else ""),
+        hover_data=["threshold"],
+        labels={"fpr": "1 - specificity", "tpr": "sensitivity"},
+        range_x=[0, 1],
+        range_y=[0, 1.02],
+    )
     fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line={"dash": "dot", "color": "grey"})
     if point is not None:
-        fig.add_scatter(x=[point["fpr"]], y=[point["sensitivity"]], mode="markers", name="threshold",
-                        marker={"size": 12, "symbol": "x", "color": "crimson"})
+        fig.add_scatter(
+            x=[point["fpr"]],
+            y=[point["sensitivity"]],
+            mode="markers",
+            name="threshold",
+            marker={"size": 12, "symbol": "x", "color": "crimson"},
+        )
     cols = st.columns(3)
     cols[0].plotly_chart(fig, key="chart_roc")
     pr = performance.pr_curve(report)
     if len(pr):
-        fig = px.line(pr, x="recall", y="precision", title="Precision-recall curve", hover_data=["threshold"],
-                      range_x=[0, 1], range_y=[0, 1.02])
+        fig = px.line(
+            pr,
+            x="recall",
+            y="precision",
+            title="Precision-recall curve",
+            hover_data=["threshold"],
+            range_x=[0, 1],
+            range_y=[0, 1.02],
+        )
         if point is not None:
-            fig.add_scatter(x=[point["sensitivity"]], y=[point["precision"]], mode="markers", name="threshold",
-                            marker={"size": 12, "symbol": "x", "color": "crimson"})
+            fig.add_scatter(
+                x=[point["sensitivity"]],
+                y=[point["precision"]],
+                mode="markers",
+                name="threshold",
+                marker={"size": 12, "symbol": "x", "color": "crimson"},
+            )
         cols[1].plotly_chart(fig, key="chart_pr")
     else:
         cols[1].info("Precision-recall curves are drawn for binary models.")
     rel = performance.reliability_frame(report)
     binary = "roc_by_class" not in report
-    fig = px.scatter(rel, x="mean_confidence", y="fraction_positive", size="count", range_x=[0, 1], range_y=[0, 1],
-                     title=f"Reliability (ECE {report['ece']['value']:.3f})",
-                     labels={"mean_confidence": "mean predicted probability" if binary else "mean top-label confidence",
-                             "fraction_positive": "observed fraction positive" if binary else "observed accuracy"})
+    fig = px.scatter(
+        rel,
+        x="mean_confidence",
+        y="fraction_positive",
+        size="count",
+        range_x=[0, 1],
+        range_y=[0, 1],
+        title=f"Reliability (ECE {report['ece']['value']:.3f})",
+        labels={
+            "mean_confidence": "mean predicted probability" if binary else "mean top-label confidence",
+            "fraction_positive": "observed fraction positive" if binary else "observed accuracy",
+        },
+    )
     fig.update_traces(mode="lines+markers")
     fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line={"dash": "dot", "color": "grey"})
     cols[2].plotly_chart(fig, key="chart_reliability")
@@ -147,9 +209,18 @@ def comparison_ui(cards: dict, split: str) -> None:
     if table.empty:
         st.info(f"No model card records metrics on the {split} split.")
         return
-    fig = px.bar(table, x="model", y="value", color="metric", barmode="group", error_y="error_plus",
-                 error_y_minus="error_minus", hover_data=["ci"], range_y=[0, 1.05],
-                 title=f"All models on the {split} split (card metrics, 95 % CI)")
+    fig = px.bar(
+        table,
+        x="model",
+        y="value",
+        color="metric",
+        barmode="group",
+        error_y="error_plus",
+        error_y_minus="error_minus",
+        hover_data=["ci"],
+        range_y=[0, 1.05],
+        title=f"All models on the {split} split (card metrics, 95 % CI)",
+    )
     st.plotly_chart(fig, key="chart_comparison")
     with st.expander("All models as a table"):
         st.dataframe(performance.model_table(cards), hide_index=True, width="stretch")
@@ -174,8 +245,9 @@ def gallery_ui(pred, model_id: str, split: str, threshold: float | None, card: d
     reason = performance.cam_unavailable({**card, "id": model_id})
     if reason:
         st.caption(reason)
-    elif dataset is not None and st.button(f"Compute Grad-CAM for these {len(shown)} images",
-                                           key="performance_cam_btn"):
+    elif dataset is not None and st.button(
+        f"Compute Grad-CAM for these {len(shown)} images", key="performance_cam_btn"
+    ):
         st.session_state[CAM_KEY] = model_id
     with_cam = not reason and dataset is not None and st.session_state.get(CAM_KEY) == model_id
     for start in range(0, len(shown), GALLERY_COLUMNS):
@@ -221,15 +293,22 @@ with left:
 with right:
     if binary:
         threshold, point = threshold_ui(model_id, split, card, stamp)
-        st.plotly_chart(heatmap(performance.confusion_frame(point), f"Confusion matrix at {threshold:.3f}"),
-                        key="chart_confusion")
+        st.plotly_chart(
+            heatmap(performance.confusion_frame(point), f"Confusion matrix at {threshold:.3f}"), key="chart_confusion"
+        )
     else:
         threshold, point = None, None
-        st.plotly_chart(heatmap(performance.confusion_frame(report), "Confusion matrix (argmax)"),
-                        key="chart_confusion")
-        st.dataframe(performance.per_class_table(report), hide_index=True, width="stretch",
-                     column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                    for c in ("precision", "recall", "f1", "roc_auc")})
+        st.plotly_chart(
+            heatmap(performance.confusion_frame(report), "Confusion matrix (argmax)"), key="chart_confusion"
+        )
+        st.dataframe(
+            performance.per_class_table(report),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                c: st.column_config.NumberColumn(format="%.3f") for c in ("precision", "recall", "f1", "roc_auc")
+            },
+        )
 
 curves_ui(report, point)
 st.subheader("All models")

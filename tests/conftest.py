@@ -64,9 +64,19 @@ def browser_type_launch_args(browser_type_launch_args):
         if os.environ.get("CI"):
             pytest.fail(message)  # CI must not go green by skipping the browser test
         pytest.skip(message)
-    return {**browser_type_launch_args, "executable_path": CHROMIUM,
-            "args": ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync"]}
+    return {
+        **browser_type_launch_args,
+        "executable_path": CHROMIUM,
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    }
 
 
 @pytest.fixture(scope="session")
@@ -88,14 +98,36 @@ def streamlit_server(tmp_path_factory):
     log = work / "server.log"
     weights = work / "weights"
     _shutil.copytree(REPO_ROOT / "weights", weights, ignore=_shutil.ignore_patterns(".rollback"))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CXRDEMO_ADMIN_PASSWORD": "e2e-secret",
-           "CXRDEMO_RUNS": str(work / "runs"), "CXRDEMO_WEIGHTS": str(weights)}
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-           "--server.address", "127.0.0.1", "--server.port", str(port), "--server.fileWatcherType", "none",
-           "--server.runOnSave", "false", "--browser.gatherUsageStats", "false"]
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "CXRDEMO_ADMIN_PASSWORD": "e2e-secret",
+        "CXRDEMO_RUNS": str(work / "runs"),
+        "CXRDEMO_WEIGHTS": str(weights),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.headless",
+        "true",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.fileWatcherType",
+        "none",
+        "--server.runOnSave",
+        "false",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     with open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
     try:
         deadline = time.monotonic() + 60
         url = f"http://127.0.0.1:{port}"

@@ -13,9 +13,18 @@ from cxrdemo import auth
 
 @pytest.mark.parametrize(
     ("given", "expected", "ok"),
-    [("demo", "demo", True), ("demo", "Demo", False), ("dem", "demo", False), ("demo ", "demo", False),
-     ("", "demo", False), (None, "demo", False), ("demo", None, False), ("", "", False),
-     ("pässwörd", "pässwörd", True), ("pässwörd", "passwort", False)],
+    [
+        ("demo", "demo", True),
+        ("demo", "Demo", False),
+        ("dem", "demo", False),
+        ("demo ", "demo", False),
+        ("", "demo", False),
+        (None, "demo", False),
+        ("demo", None, False),
+        ("", "", False),
+        ("pässwörd", "pässwörd", True),
+        ("pässwörd", "passwort", False),
+    ],
 )
 def test_check_password(given, expected, ok):
     assert auth.check_password(given, expected) is ok

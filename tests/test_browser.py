@@ -74,14 +74,14 @@ def test_main_journey(page: Page, streamlit_server, sample_dir: Path):
     page.get_by_label("Admin password").fill(streamlit_server["password"])
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_text("Start a training job")).to_be_visible(timeout=SLOW)
-    screenshot(page, "admin")
 
 
 def test_bad_file_shows_one_line_message(page: Page, streamlit_server):
     goto(page, streamlit_server)
     uploader = page.get_by_test_id("stFileUploader").first
     uploader.locator("input[type=file]").set_input_files(
-        files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"just some text, not an image"}])
+        files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"just some text, not an image"}]
+    )
     error = page.get_by_test_id("stAlertContentError").first
     expect(error).to_be_visible(timeout=SLOW)
     expect(error).to_contain_text("notes.png")

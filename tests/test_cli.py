@@ -23,8 +23,13 @@ from tests.weights_snapshot import snapshot_weights
 def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("cli")
     weights = snapshot_weights(root / "weights")
-    env = dict(os.environ, CXRDEMO_WEIGHTS=str(weights), CXRDEMO_CACHE=str(root / "cache"),
-               CXRDEMO_RUNS=str(root / "runs"), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        CXRDEMO_WEIGHTS=str(weights),
+        CXRDEMO_CACHE=str(root / "cache"),
+        CXRDEMO_RUNS=str(root / "runs"),
+        OMP_NUM_THREADS="1",
+    )
     env.pop("CXRDEMO_DATA", None)
     return env
 
@@ -35,14 +40,16 @@ def default_model(cli_env: dict) -> str:
 
 
 def cxrdemo(env: dict, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "cxrdemo", *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "cxrdemo", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert "Traceback" not in result.stdout and "Traceback" not in result.stderr, result.stderr[-3000:]
     return result
 
 
-def test_predict_json_on_real_images_and_every_bad_input(cli_env: dict, default_model: str, sample_dir: Path,
-                                                       sample_jpeg_bytes: bytes, tmp_path: Path):
+def test_predict_json_on_real_images_and_every_bad_input(
+    cli_env: dict, default_model: str, sample_dir: Path, sample_jpeg_bytes: bytes, tmp_path: Path
+):
     images = [sorted((sample_dir / "test" / label).glob("*.jpeg"))[0] for label in ("NORMAL", "PNEUMONIA")]
     corpus = bad_input_corpus(sample_jpeg_bytes)
     folder = tmp_path / "uploads"

@@ -17,9 +17,12 @@ from cxrdemo.tensor_cache import cache_key, load_pixels
 
 # the table in the dataset README
 README_COUNTS = {
-    ("train", "NORMAL"): 1341, ("train", "PNEUMONIA"): 3875,
-    ("test", "NORMAL"): 234, ("test", "PNEUMONIA"): 390,
-    ("val", "NORMAL"): 8, ("val", "PNEUMONIA"): 8,
+    ("train", "NORMAL"): 1341,
+    ("train", "PNEUMONIA"): 3875,
+    ("test", "NORMAL"): 234,
+    ("test", "PNEUMONIA"): 390,
+    ("val", "NORMAL"): 8,
+    ("val", "PNEUMONIA"): 8,
 }
 
 

@@ -32,9 +32,12 @@ def full(full_data_dir: Path):
 def test_class_counts_match_readme(full):
     counts = explore.class_counts(full.frame).set_index(["split", "label"])["images"].to_dict()
     assert counts == {
-        ("train", "NORMAL"): 1341, ("train", "PNEUMONIA"): 3875,
-        ("test", "NORMAL"): 234, ("test", "PNEUMONIA"): 390,
-        ("val", "NORMAL"): 8, ("val", "PNEUMONIA"): 8,
+        ("train", "NORMAL"): 1341,
+        ("train", "PNEUMONIA"): 3875,
+        ("test", "NORMAL"): 234,
+        ("test", "PNEUMONIA"): 390,
+        ("val", "NORMAL"): 8,
+        ("val", "PNEUMONIA"): 8,
     }
     assert explore.class_counts(full.frame)["split"].drop_duplicates().tolist() == ["train", "test", "val"]
     subtypes = explore.subtype_counts(full.frame).groupby("subtype")["images"].sum().to_dict()
@@ -75,9 +78,12 @@ def test_duplicate_groups(full):
     assert (groups.groupby("group")["split"].nunique() == 1).all()  # each group within one split
     pair = groups[groups["path"] == "test/NORMAL/NORMAL2-IM-0095-0001.jpeg"]["group"].iloc[0]
     assert groups[groups["group"] == pair]["path"].tolist() == [
-        "test/NORMAL/NORMAL2-IM-0095-0001.jpeg", "test/NORMAL/NORMAL2-IM-0096-0001.jpeg"]
+        "test/NORMAL/NORMAL2-IM-0095-0001.jpeg",
+        "test/NORMAL/NORMAL2-IM-0096-0001.jpeg",
+    ]
     assert explore.record(full, "test/NORMAL/NORMAL2-IM-0095-0001.jpeg")["duplicates"] == [
-        "test/NORMAL/NORMAL2-IM-0096-0001.jpeg"]
+        "test/NORMAL/NORMAL2-IM-0096-0001.jpeg"
+    ]
     # the manifest's hashes are those of the files
     for path in groups["path"].head(3):
         assert sha256_file(full.absolute(path)) == groups.loc[groups["path"] == path, "sha256"].iloc[0]

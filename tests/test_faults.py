@@ -32,9 +32,31 @@ def test_disk_full_during_training(tmp_path: Path, weights_copy: Path, monkeypat
     before = _digest(weights_copy)
     run = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "cxrdemo", "train", "--arch", "zubinrnet", "--epochs", "1", "--subset", "24",
-         "--device", "cpu", "--input-size", "64", "--data", str(REPO_ROOT / "data" / "sample"), "--out", str(run)],
-        cwd=REPO_ROOT, capture_output=True, text=True, preexec_fn=_disk_full, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "cxrdemo",
+            "train",
+            "--arch",
+            "zubinrnet",
+            "--epochs",
+            "1",
+            "--subset",
+            "24",
+            "--device",
+            "cpu",
+            "--input-size",
+            "64",
+            "--data",
+            str(REPO_ROOT / "data" / "sample"),
+            "--out",
+            str(run),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        preexec_fn=_disk_full,
+        timeout=300,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout

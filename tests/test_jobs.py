@@ -43,14 +43,18 @@ def wait_until(job_id: str, done, timeout: float = 120.0) -> jobs.Job:
         if done(job):
             return job
         if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {job.state} after {timeout}s; log:\n"
-                                 + "\n".join(job.last_log_lines(30)))
+            raise AssertionError(
+                f"job {job_id} still {job.state} after {timeout}s; log:\n" + "\n".join(job.last_log_lines(30))
+            )
         time.sleep(0.3)
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_tiny_job_finishes_then_promote_and_rollback(runs: Path, weights_copy: Path):
@@ -75,8 +79,13 @@ def test_tiny_job_finishes_then_promote_and_rollback(runs: Path, weights_copy: P
     assert rows["roc_auc"]["installed"] is not None  # the shipped cnn4-binary
 
     # The history is read from disk, so a fresh interpreter (a restarted app) sees the same job.
-    fresh = subprocess.run([sys.executable, "-c", "from cxrdemo import jobs; j = jobs.list_jobs()[0]; "
-                            "print(j.id, j.state)"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    fresh = subprocess.run(
+        [sys.executable, "-c", "from cxrdemo import jobs; j = jobs.list_jobs()[0]; print(j.id, j.state)"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert fresh.stdout.split() == [job.id, "finished"]
 
     card = registry.promote(job.run_dir)
@@ -156,8 +165,7 @@ def test_two_simultaneous_starts_only_one_wins(runs: Path):
     jobs.cancel_job(started[0].id)
 
 
-def test_unwritable_runs_dir_gives_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 weights_copy: Path):
+def test_unwritable_runs_dir_gives_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weights_copy: Path):
     # Tests run as root, which chmod cannot stop; a path below a regular file fails for everyone.
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
@@ -171,10 +179,15 @@ def test_unwritable_runs_dir_gives_a_clear_error(tmp_path: Path, monkeypatch: py
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"arch": "resnet9000"}, "unknown architecture 'resnet9000'; choose one of"),
-     ({"task": "triage"}, "unknown task 'triage'"),
-     ({"epochs": 0}, "epochs must be"), ({"epochs": 201}, "epochs must be"), ({"epochs": 2.5}, "epochs must be"),
-     ({"subset": 3}, "subset must be"), ({"device": "tpu"}, "unknown device")],
+    [
+        ({"arch": "resnet9000"}, "unknown architecture 'resnet9000'; choose one of"),
+        ({"task": "triage"}, "unknown task 'triage'"),
+        ({"epochs": 0}, "epochs must be"),
+        ({"epochs": 201}, "epochs must be"),
+        ({"epochs": 2.5}, "epochs must be"),
+        ({"subset": 3}, "subset must be"),
+        ({"device": "tpu"}, "unknown device"),
+    ],
 )
 def test_bad_arguments_are_refused_before_anything_starts(runs: Path, changes: dict, message: str):
     with pytest.raises(jobs.JobError, match=message):
@@ -197,8 +210,11 @@ def test_job_without_status_and_dead_pid_is_failed(runs: Path):
     done.wait()  # a pid that certainly no longer runs
     run_dir = runs / "20260101-000000-cnn4-binary"
     run_dir.mkdir(parents=True)
-    (run_dir / "job.json").write_text(json.dumps({"pid": done.pid, "started": 1.0, "command": [],
-                                                  "args": {"arch": "cnn4", "task": "binary", "epochs": 3}}))
+    (run_dir / "job.json").write_text(
+        json.dumps(
+            {"pid": done.pid, "started": 1.0, "command": [], "args": {"arch": "cnn4", "task": "binary", "epochs": 3}}
+        )
+    )
     [job] = jobs.list_jobs()
     assert job.state == "failed" and job.error.startswith(jobs.DIED)
     assert jobs.running_job() is None

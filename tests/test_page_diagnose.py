@@ -83,14 +83,18 @@ def _dicom(path: Path, bits: int = 16) -> bytes:
     """A CR DICOM (MONOCHROME2, explicit VR little endian) holding a sample X-ray, with a patient name."""
     arr = np.asarray(Image.open(path).convert("L"))
     pixels = (arr.astype(np.uint16) << 4) if bits == 16 else arr  # 12 bits stored in 16, or plain 8-bit
-    return dicom_bytes(pixels, modality="CR", bits_stored=12 if bits == 16 else None, patient_name=PATIENT,
-                       patient_id="PID-DIAGNOSE-1")
+    return dicom_bytes(
+        pixels, modality="CR", bits_stored=12 if bits == 16 else None, patient_name=PATIENT, patient_id="PID-DIAGNOSE-1"
+    )
 
 
 def _texts(at: AppTest) -> list[str]:
     """Every text a user can read on the page (tables included)."""
-    out = [e.value for kind in ("title", "subheader", "markdown", "caption", "error", "warning", "info")
-           for e in getattr(at, kind)]
+    out = [
+        e.value
+        for kind in ("title", "subheader", "markdown", "caption", "error", "warning", "info")
+        for e in getattr(at, kind)
+    ]
     out += [e.label for e in at.expander]
     out += [df.value.to_csv() for df in at.dataframe]
     return [str(t) for t in out]
@@ -115,6 +119,7 @@ def _assert_prediction_shown(at: AppTest, predictor: Predictor) -> None:
 
 
 # --- first render and single uploads -----------------------------------------------------------------
+
 
 def test_first_render_has_no_exception(predictor: Predictor) -> None:
     at = _app()
@@ -162,10 +167,14 @@ def test_dicom_upload_works_and_hides_patient_tags(bits: int, predictor: Predict
 
 # --- batches and bad input ---------------------------------------------------------------------------
 
+
 def test_batch_with_one_bad_file_shows_the_good_ones_and_one_error(predictor: Predictor) -> None:
     good = [_sample("PNEUMONIA", 2), _sample("NORMAL", 2)]
-    at = _upload(_app(), *[(p.name, p.read_bytes(), "image/jpeg") for p in good],
-                 ("notes.png", b"Patient notes: film looks fine.\nSee you Tuesday.\n", "image/png"))
+    at = _upload(
+        _app(),
+        *[(p.name, p.read_bytes(), "image/jpeg") for p in good],
+        ("notes.png", b"Patient notes: film looks fine.\nSee you Tuesday.\n", "image/png"),
+    )
     assert not at.exception
     assert len(at.error) == 1
     message = at.error[0].value
@@ -180,7 +189,8 @@ def test_batch_with_one_bad_file_shows_the_good_ones_and_one_error(predictor: Pr
 
 
 def test_unexpected_failure_is_one_generic_line_and_other_files_still_show(
-        predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     original = Predictor.predict
 
     def flaky(self, image, model_id=None, **kwargs):
@@ -190,8 +200,9 @@ def test_unexpected_failure_is_one_generic_line_and_other_files_still_show(
 
     monkeypatch.setattr(Predictor, "predict", flaky)
     good = _sample("PNEUMONIA", 3)
-    at = _upload(_app(), (good.name, good.read_bytes(), "image/jpeg"),
-                 ("boom.png", _png(_sample("NORMAL", 3)), "image/png"))
+    at = _upload(
+        _app(), (good.name, good.read_bytes(), "image/jpeg"), ("boom.png", _png(_sample("NORMAL", 3)), "image/png")
+    )
     assert not at.exception
     assert [e.value for e in at.error] == ["could not analyse boom.png: internal error"]
     assert not any("secret internals" in t for t in _texts(at))
@@ -214,6 +225,7 @@ def test_bad_input_corpus_as_one_batch(predictor: Predictor) -> None:
 
 
 # --- examples, compare-all, heatmap settings, reports --------------------------------------------------
+
 
 def test_example_button_loads_an_example(predictor: Predictor) -> None:
     at = _app()
@@ -281,34 +293,83 @@ def combined_weights(_weights: Path, tmp_path_factory: pytest.TempPathFactory) -
     target = tmp_path_factory.mktemp("combined") / "weights"
     shutil.copytree(_weights, target)
     pred = Predictor(target)
-    backbone = next((m for m in [pred.default_model_id(), *pred.model_ids("binary")]
-                     if pred.cards()[m].get("kind") == "classifier"), None)
+    backbone = next(
+        (
+            m
+            for m in [pred.default_model_id(), *pred.model_ids("binary")]
+            if pred.cards()[m].get("kind") == "classifier"
+        ),
+        None,
+    )
     if backbone is None:
         pytest.skip("no single-network binary classifier installed")
     model = pred.get(backbone)
     classes = model.classes
-    write_model(target, "ensemble", {}, {"kind": "ensemble", "arch": "ensemble", "task": "binary",
-                                         "classes": classes, "members": [backbone], "threshold": 0.5})
+    write_model(
+        target,
+        "ensemble",
+        {},
+        {
+            "kind": "ensemble",
+            "arch": "ensemble",
+            "task": "binary",
+            "classes": classes,
+            "members": [backbone],
+            "threshold": 0.5,
+        },
+    )
     with torch.inference_mode():
         dim = model.module.embed(to_input(np.zeros((64, 64), np.uint8), model.preprocessing)).shape[1]
     memory = torch.nn.functional.normalize(torch.randn(20, dim, generator=torch.Generator().manual_seed(0)), dim=1)
-    write_model(target, "knn-test", {"embeddings": memory, "labels": torch.ones(20, dtype=torch.int64)},
-                {"kind": "knn", "arch": "knn", "task": "binary", "classes": classes, "backbone": backbone, "k": 5,
-                 "preprocessing": model.card["preprocessing"], "threshold": 0.5})
+    write_model(
+        target,
+        "knn-test",
+        {"embeddings": memory, "labels": torch.ones(20, dtype=torch.int64)},
+        {
+            "kind": "knn",
+            "arch": "knn",
+            "task": "binary",
+            "classes": classes,
+            "backbone": backbone,
+            "k": 5,
+            "preprocessing": model.card["preprocessing"],
+            "threshold": 0.5,
+        },
+    )
     small = {"input_size": 64, "mean": 0.5, "std": 0.25, "resize": "squash"}
     torch.manual_seed(0)
-    write_model(target, "cnn4-subtype", create_model("cnn4", 3).state_dict(),
-                {"kind": "classifier", "arch": "cnn4", "task": "subtype", "classes": ["normal", "bacteria", "virus"],
-                 "preprocessing": small})
-    write_model(target, "autoencoder", create_model("autoencoder").state_dict(),
-                {"kind": "autoencoder", "arch": "autoencoder", "task": "anomaly", "classes": [], "threshold": 1e-9,
-                 "preprocessing": {**small, "mean": 0.0, "std": 1.0}})
+    write_model(
+        target,
+        "cnn4-subtype",
+        create_model("cnn4", 3).state_dict(),
+        {
+            "kind": "classifier",
+            "arch": "cnn4",
+            "task": "subtype",
+            "classes": ["normal", "bacteria", "virus"],
+            "preprocessing": small,
+        },
+    )
+    write_model(
+        target,
+        "autoencoder",
+        create_model("autoencoder").state_dict(),
+        {
+            "kind": "autoencoder",
+            "arch": "autoencoder",
+            "task": "anomaly",
+            "classes": [],
+            "threshold": 1e-9,
+            "preprocessing": {**small, "mean": 0.0, "std": 1.0},
+        },
+    )
     return target
 
 
 @pytest.mark.parametrize(("model_id", "note"), [("ensemble", "first member"), ("knn-test", "its backbone")])
 def test_models_without_their_own_network_explain_a_stand_in(
-        model_id: str, note: str, combined_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_id: str, note: str, combined_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CXRDEMO_WEIGHTS", str(combined_weights))
     at = AppTest.from_file(APP, default_timeout=60)
     at.session_state["active_model"] = model_id
@@ -340,6 +401,7 @@ def test_ood_warning_subtype_and_reconstruction(combined_weights: Path, monkeypa
 
 
 # --- the page's glue, without Streamlit ----------------------------------------------------------------
+
 
 def test_memo_is_a_bounded_lru() -> None:
     store: dict = {}

@@ -107,8 +107,12 @@ def test_charts_on_the_full_dataset(monkeypatch: pytest.MonkeyPatch, full_data_d
     monkeypatch.setenv("CXRDEMO_DATA", str(full_data_dir))
     at = open_explorer()
     titles = chart_titles(at)
-    assert titles == ["Class frequency per split", "Subtypes per split",
-                      "Source image width (px), by resolution source", "Distinct patients per split"]
+    assert titles == [
+        "Class frequency per split",
+        "Subtypes per split",
+        "Source image width (px), by resolution source",
+        "Distinct patients per split",
+    ]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Images"] == "5,856" and metrics["Patients in train and test"] == "170"
     assert metrics["Duplicate groups"] == "21" and metrics["From the 224 px copy"] == "3,577"

@@ -45,11 +45,19 @@ def write_synthetic_models(directory: Path) -> dict[str, dict]:
     logits = rng.normal(size=(len(y), 3))
     logits[np.arange(len(y)), y] += 1.5
     probs = apply_temperature(logits, 1.3)
-    card = {"kind": "classifier", "arch": "cnn4", "task": "subtype", "classes": list(task.classes),
-            "preprocessing": {"input_size": 64, "mean": 0.5, "std": 0.25, "resize": "squash"},
-            "temperature": 1.3, "threshold": None, "metrics": {"test": report("subtype", y, probs, 0.5, 200)}}
-    write_model(directory, "toy-subtype", {}, card,
-                _csv(prediction_rows(test, "test", y, logits, probs, list(task.classes))))
+    card = {
+        "kind": "classifier",
+        "arch": "cnn4",
+        "task": "subtype",
+        "classes": list(task.classes),
+        "preprocessing": {"input_size": 64, "mean": 0.5, "std": 0.25, "resize": "squash"},
+        "temperature": 1.3,
+        "threshold": None,
+        "metrics": {"test": report("subtype", y, probs, 0.5, 200)},
+    }
+    write_model(
+        directory, "toy-subtype", {}, card, _csv(prediction_rows(test, "test", y, logits, probs, list(task.classes)))
+    )
 
     task = get_task("binary")
     frame = pd.concat([test, test.head(1).assign(path=MISSING_FROM_SAMPLE)], ignore_index=True)
@@ -57,11 +65,23 @@ def write_synthetic_models(directory: Path) -> dict[str, dict]:
     p = np.clip(0.35 * y + rng.uniform(0.0, 0.65, size=len(y)), 0.0, 1.0)
     p[-1] = 0.01 if y[-1] == 1 else 0.99  # the image missing from the sample: the most confident mistake
     rows = frame[["path", "label", "subtype"]].assign(split="test", y_true=y, prob_NORMAL=1 - p, prob_PNEUMONIA=p)
-    card = {"kind": "ensemble", "arch": "ensemble", "task": "binary", "classes": list(task.classes),
-            "members": [], "threshold": 0.5, "temperature": 1.0,
-            "metrics": {"test": report("binary", y, np.stack([1 - p, p], 1), 0.5, 200)}}
-    write_model(directory, "ensemble", {}, card,
-                _csv(rows[["path", "split", "y_true", "label", "subtype", "prob_NORMAL", "prob_PNEUMONIA"]]))
+    card = {
+        "kind": "ensemble",
+        "arch": "ensemble",
+        "task": "binary",
+        "classes": list(task.classes),
+        "members": [],
+        "threshold": 0.5,
+        "temperature": 1.0,
+        "metrics": {"test": report("binary", y, np.stack([1 - p, p], 1), 0.5, 200)},
+    }
+    write_model(
+        directory,
+        "ensemble",
+        {},
+        card,
+        _csv(rows[["path", "split", "y_true", "label", "subtype", "prob_NORMAL", "prob_PNEUMONIA"]]),
+    )
     return list_cards(directory)
 
 
@@ -147,7 +167,7 @@ def test_misclassified_is_consistent_with_the_threshold(model_id: str):
     y, probs, classes, frame = performance.split_predictions(model_id, "test")
     p_by_path = pd.Series(probs[:, -1], index=frame["path"])
     binary = len(classes) == 2
-    for threshold in ([None, 0.2, 0.8] if binary else [None]):
+    for threshold in [None, 0.2, 0.8] if binary else [None]:
         mistakes = performance.misclassified(model_id, "test", threshold)
         assert (mistakes["true"] != mistakes["predicted"]).all()
         if binary:
@@ -284,8 +304,11 @@ def test_model_table_covers_both_tasks(synthetic: Path):
 
 
 def test_cards_without_predictions_or_with_errors_are_left_out(synthetic: Path, tmp_path: Path):
-    cards = {**list_cards(synthetic), "broken": {"id": "broken", "error": "unreadable"},
-             "autoencoder": {"kind": "autoencoder", "classes": []}}
+    cards = {
+        **list_cards(synthetic),
+        "broken": {"id": "broken", "error": "unreadable"},
+        "autoencoder": {"kind": "autoencoder", "classes": []},
+    }
     assert sorted(performance.evaluated_cards(cards, synthetic)) == ["ensemble", "toy-subtype"]
     assert performance.evaluated_cards(directory=tmp_path) == {}
     assert performance.predictions_stamp("toy-subtype", synthetic)[1] > 0

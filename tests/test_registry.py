@@ -37,9 +37,17 @@ def trained_like_cnn4(seed: int) -> torch.nn.Module:
 
 
 def card_for(model_id: str, **extra) -> dict:
-    return {"kind": "classifier", "arch": "cnn4", "task": "binary", "classes": ["NORMAL", "PNEUMONIA"],
-            "preprocessing": {"input_size": 64, "mean": 0.5, "std": 0.25, "resize": "squash"},
-            "temperature": 1.0, "threshold": 0.5, "metrics": {}, **extra}
+    return {
+        "kind": "classifier",
+        "arch": "cnn4",
+        "task": "binary",
+        "classes": ["NORMAL", "PNEUMONIA"],
+        "preprocessing": {"input_size": 64, "mean": 0.5, "std": 0.25, "resize": "squash"},
+        "temperature": 1.0,
+        "threshold": 0.5,
+        "metrics": {},
+        **extra,
+    }
 
 
 def write(directory: Path, model_id: str, seed: int = 0, **card_extra) -> torch.nn.Module:
@@ -73,8 +81,12 @@ def test_write_and_load_round_trip_in_fp16(tmp_path: Path):
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
     # the loaded weights are exactly the fp16-rounded originals
     for key, value in loaded.module.state_dict().items():
-        torch.testing.assert_close(value, model.state_dict()[key].to(value.dtype).half().to(value.dtype)
-                                   if value.dtype.is_floating_point else model.state_dict()[key])
+        torch.testing.assert_close(
+            value,
+            model.state_dict()[key].to(value.dtype).half().to(value.dtype)
+            if value.dtype.is_floating_point
+            else model.state_dict()[key],
+        )
 
 
 def test_corrupt_weights_fail_alone(tmp_path: Path):
@@ -152,8 +164,14 @@ def test_truncated_card_is_listed_with_an_error_and_others_load(tmp_path: Path):
 
 def make_run(run_dir: Path, seed: int, created: str) -> dict:
     model = trained_like_cnn4(seed)
-    return write_model(run_dir, "cnn4-binary", model.state_dict(), card_for("cnn4-binary", created=created),
-                       f"path,split,seed\nx.jpeg,test,{seed}\n", run=True)
+    return write_model(
+        run_dir,
+        "cnn4-binary",
+        model.state_dict(),
+        card_for("cnn4-binary", created=created),
+        f"path,split,seed\nx.jpeg,test,{seed}\n",
+        run=True,
+    )
 
 
 def test_promote_rollback_and_rollback_again(tmp_path: Path, weights_copy: Path):

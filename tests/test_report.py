@@ -18,12 +18,19 @@ from cxrdemo.registry import list_cards
 from cxrdemo.report import NOTICE, latin1, model_summary, report_pdf, report_png
 
 CARD = {
-    "id": "cnn4-binary", "kind": "classifier", "arch": "cnn4", "task": "binary", "classes": ["NORMAL", "PNEUMONIA"],
+    "id": "cnn4-binary",
+    "kind": "classifier",
+    "arch": "cnn4",
+    "task": "binary",
+    "classes": ["NORMAL", "PNEUMONIA"],
     "threshold": 0.4321,
     "metrics": {
         "val": {"n": 6, "roc_auc": {"value": 1.0, "ci": [1.0, 1.0]}},
-        "test": {"n": 624, "roc_auc": {"value": 0.9512, "ci": [0.9355, 0.9661]},
-                 "accuracy": {"value": 0.8846, "ci": [0.8590, 0.9087]}},
+        "test": {
+            "n": 624,
+            "roc_auc": {"value": 0.9512, "ci": [0.9355, 0.9661]},
+            "accuracy": {"value": 0.8846, "ci": [0.8590, 0.9087]},
+        },
     },
 }
 
@@ -42,10 +49,15 @@ def overlay(image: LoadedImage) -> np.ndarray:
 
 
 def _prediction(image: LoadedImage, **changes) -> Prediction:
-    values = dict(file=image.name, model="cnn4-binary", prediction="PNEUMONIA",
-                  probabilities={"NORMAL": 0.2, "PNEUMONIA": 0.8}, threshold=0.4321,
-                  warnings=["low resolution (320 x 191); results may be less reliable"],
-                  subtype={"normal": 0.05, "bacteria": 0.7, "virus": 0.25})
+    values = dict(
+        file=image.name,
+        model="cnn4-binary",
+        prediction="PNEUMONIA",
+        probabilities={"NORMAL": 0.2, "PNEUMONIA": 0.8},
+        threshold=0.4321,
+        warnings=["low resolution (320 x 191); results may be less reliable"],
+        subtype={"normal": 0.05, "bacteria": 0.7, "virus": 0.25},
+    )
     values.update(changes)
     return Prediction(**values)
 
@@ -66,25 +78,35 @@ def test_png_report_decodes_with_a_sensible_size(image: LoadedImage, overlay: np
     assert pixels.std() > 20  # not a blank sheet
     # the overlay's jet colours are in the right half of the image row: some strongly coloured pixels there
     spread = pixels[..., :3].max(axis=2).astype(int) - pixels[..., :3].min(axis=2)
-    assert (spread[:, width // 2:] > 100).mean() > 0.02
+    assert (spread[:, width // 2 :] > 100).mean() > 0.02
 
 
 def test_png_report_grows_with_warnings(image: LoadedImage, overlay: np.ndarray) -> None:
     short = Image.open(BytesIO(report_png(image, overlay, _prediction(image, warnings=[]), CARD)))
-    long = Image.open(BytesIO(report_png(image, overlay, _prediction(image, warnings=["a long warning " * 20] * 4),
-                                         CARD)))
+    long = Image.open(
+        BytesIO(report_png(image, overlay, _prediction(image, warnings=["a long warning " * 20] * 4), CARD))
+    )
     assert long.height > short.height + 4 * 24
 
 
 def test_pdf_report_has_the_notice_prediction_and_model(image: LoadedImage, overlay: np.ndarray) -> None:
-    pdf = report_pdf(image, overlay, _prediction(image), CARD, explained="gradcam heatmap of PNEUMONIA",
-                     compress=False)
+    pdf = report_pdf(image, overlay, _prediction(image), CARD, explained="gradcam heatmap of PNEUMONIA", compress=False)
     assert pdf.startswith(b"%PDF")
     assert NOTICE.encode() in pdf
     text = _pdf_text(pdf)
-    for expected in (image.name, "Prediction: PNEUMONIA", "80.0%", "0.432", "cnn4", "Test AUROC",
-                     "0.951 (95% CI 0.935-0.966), n=624", "Test accuracy", "bacteria 70%", "low resolution",
-                     "gradcam heatmap of PNEUMONIA"):
+    for expected in (
+        image.name,
+        "Prediction: PNEUMONIA",
+        "80.0%",
+        "0.432",
+        "cnn4",
+        "Test AUROC",
+        "0.951 (95% CI 0.935-0.966), n=624",
+        "Test accuracy",
+        "bacteria 70%",
+        "low resolution",
+        "gradcam heatmap of PNEUMONIA",
+    ):
         assert expected in text, expected
     assert pdf.count(b"/Subtype /Image") == 2  # the X-ray and its overlay
 
@@ -109,8 +131,14 @@ def test_reports_survive_text_outside_latin1(overlay: np.ndarray, image: LoadedI
 
 def test_three_class_prediction_without_threshold(image: LoadedImage, overlay: np.ndarray) -> None:
     card = {"id": "cnn4-subtype", "arch": "cnn4", "task": "subtype", "classes": ["normal", "bacteria", "virus"]}
-    prediction = _prediction(image, prediction="bacteria", probabilities={"normal": 0.1, "bacteria": 0.6, "virus": 0.3},
-                             threshold=None, subtype=None, warnings=[])
+    prediction = _prediction(
+        image,
+        prediction="bacteria",
+        probabilities={"normal": 0.1, "bacteria": 0.6, "virus": 0.3},
+        threshold=None,
+        subtype=None,
+        warnings=[],
+    )
     pdf = report_pdf(image, overlay, prediction, card, compress=False)
     assert "threshold" not in _pdf_text(pdf).lower()
     assert Image.open(BytesIO(report_png(image, overlay, prediction, card))).size[0] == 1200

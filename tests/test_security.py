@@ -29,8 +29,11 @@ def test_no_pickle_and_safe_torch_load():
 
 def test_uploads_never_written_to_disk():
     """Pages and the image loader never open files for writing or save uploads."""
-    for path in [REPO_ROOT / "cxrdemo" / "imaging.py", REPO_ROOT / "cxrdemo" / "dicom.py",
-                 *sorted((REPO_ROOT / "pages").glob("*.py"))]:
+    for path in [
+        REPO_ROOT / "cxrdemo" / "imaging.py",
+        REPO_ROOT / "cxrdemo" / "dicom.py",
+        *sorted((REPO_ROOT / "pages").glob("*.py")),
+    ]:
         text = path.read_text()
         assert not re.search(r"open\([^)]*['\"][wa]b?['\"]", text), path
         assert ".save(" not in text or "BytesIO" in text, path

@@ -136,8 +136,9 @@ def test_every_card_is_complete_and_its_weights_match(shipped: Path, cards: dict
 
 def test_models_command_lists_them(shipped: Path, cards: dict[str, dict]):
     env = dict(os.environ, CXRDEMO_WEIGHTS=str(shipped))
-    result = subprocess.run([sys.executable, "-m", "cxrdemo", "models"], cwd=REPO_ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "cxrdemo", "models"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     rows = result.stdout.strip().splitlines()[1:]
     assert [row.split()[0] for row in rows] == list(cards)
@@ -156,8 +157,10 @@ def dataset_for(card: dict, cards: dict[str, dict], full_data_dir: Path):
     for root in (full_data_dir, SAMPLE_DIR):
         if load_dataset(root).fingerprint == fingerprint:
             return root
-    pytest.fail(f"{card['id']} was evaluated on data with fingerprint {fingerprint}: "
-                f"neither {full_data_dir} nor the bundled sample")
+    pytest.fail(
+        f"{card['id']} was evaluated on data with fingerprint {fingerprint}: "
+        f"neither {full_data_dir} nor the bundled sample"
+    )
 
 
 def reproduce(model_id: str, shipped: Path, cards: dict[str, dict], full_data_dir: Path) -> None:
@@ -177,8 +180,9 @@ def test_default_model_reproduces_its_test_metrics(shipped: Path, cards: dict[st
 
 
 @pytest.mark.parametrize("model_id", ["knn-binary", "ensemble"])
-def test_knn_and_ensemble_reproduce_their_test_metrics(model_id: str, shipped: Path, cards: dict[str, dict],
-                                                        full_data_dir: Path):
+def test_knn_and_ensemble_reproduce_their_test_metrics(
+    model_id: str, shipped: Path, cards: dict[str, dict], full_data_dir: Path
+):
     if model_id not in cards:
         pytest.skip(f"{model_id} is not installed")
     reproduce(model_id, shipped, cards, full_data_dir)

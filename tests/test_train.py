@@ -30,8 +30,22 @@ EPOCH_KEYS = {"epoch", "step", "train_loss", "val_loss", "val_auroc", "lr", "ima
 TIMEOUT_S = 400
 # DDP: 15 training images over 2 ranks with batches of 6 leave rank 0 a last batch of 2 and rank 1 a
 # last batch of 1 (which the loop skips); the ranks must still take the same number of steps.
-DDP_ARGS = ["--arch", "cnn4", "--epochs", "2", "--subset", "17", "--batch-size", "6", "--device", "cpu",
-            "--input-size", "64", "--data", "data/sample"]
+DDP_ARGS = [
+    "--arch",
+    "cnn4",
+    "--epochs",
+    "2",
+    "--subset",
+    "17",
+    "--batch-size",
+    "6",
+    "--device",
+    "cpu",
+    "--input-size",
+    "64",
+    "--data",
+    "data/sample",
+]
 
 
 def run_id(arch: str, task: str) -> str:
@@ -39,8 +53,28 @@ def run_id(arch: str, task: str) -> str:
 
 
 def train_command(arch: str, task: str, out: Path) -> list[str]:
-    return [sys.executable, "-m", "cxrdemo", "train", "--arch", arch, "--task", task, "--epochs", "1",
-            "--subset", "24", "--device", "cpu", "--input-size", "64", "--data", "data/sample", "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "cxrdemo",
+        "train",
+        "--arch",
+        arch,
+        "--task",
+        task,
+        "--epochs",
+        "1",
+        "--subset",
+        "24",
+        "--device",
+        "cpu",
+        "--input-size",
+        "64",
+        "--data",
+        "data/sample",
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +84,14 @@ def train_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("cache", "torch-home", "weights", "runs"):
         (root / name).mkdir()
-    env.update(CXRDEMO_CACHE=str(root / "cache"), TORCH_HOME=str(root / "torch-home"),
-               CXRDEMO_WEIGHTS=str(root / "weights"), CXRDEMO_RUNS=str(root / "runs"),
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(
+        CXRDEMO_CACHE=str(root / "cache"),
+        TORCH_HOME=str(root / "torch-home"),
+        CXRDEMO_WEIGHTS=str(root / "weights"),
+        CXRDEMO_RUNS=str(root / "runs"),
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("CXRDEMO_DATA", None)
     return env
 
@@ -75,8 +114,19 @@ def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     def launch(key: str) -> subprocess.CompletedProcess:
         out = root / key
         if key == "ddp":
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                   "-m", "cxrdemo", "train", *DDP_ARGS, "--out", str(out)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                "-m",
+                "cxrdemo",
+                "train",
+                *DDP_ARGS,
+                "--out",
+                str(out),
+            ]
         else:
             cmd = train_command(*key.rsplit("-", 1), out)
         return subprocess.run(cmd, cwd=REPO_ROOT, env=train_env, capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -207,8 +257,14 @@ def test_distributed_training_then_predict(runs: dict, weights_copy: Path, sampl
     promote(out, "cnn4-ddp")  # into the private weights copy (CXRDEMO_WEIGHTS)
     image = sorted((sample_dir / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
     env = {**train_env, "CXRDEMO_WEIGHTS": str(weights_copy)}
-    result = subprocess.run([sys.executable, "-m", "cxrdemo", "predict", str(image), "--model", "cnn4-ddp", "--json"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "cxrdemo", "predict", str(image), "--model", "cnn4-ddp", "--json"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1

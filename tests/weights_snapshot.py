@@ -17,8 +17,11 @@ def snapshot_weights(target: Path) -> Path:
         shutil.copytree(REPO_ROOT / "weights", target, ignore=shutil.ignore_patterns(".rollback"))
         cards = list_cards(target)
         if all(
-            "error" not in card and (not card.get("weights_sha256")
-                                     or sha256_file(target / f"{model_id}.safetensors") == card["weights_sha256"])
+            "error" not in card
+            and (
+                not card.get("weights_sha256")
+                or sha256_file(target / f"{model_id}.safetensors") == card["weights_sha256"]
+            )
             for model_id, card in cards.items()
         ):
             break
