@@ -25,7 +25,6 @@ from cxrdemo.preprocess import to_input, to_unit
 from cxrdemo.registry import LoadedModel, ModelLoadError, list_cards, load_model
 
 DEFAULT_PREFERENCE = ("resnet18-binary", "zubinrnet-binary", "cnn4-binary")
-SUBTYPE_PREFERENCE = ("resnet18-subtype", "cnn4-subtype")
 OOD_WARNING = "does not look like a chest X-ray like the training data"
 
 
@@ -87,6 +86,16 @@ class Predictor:
             import pytorch_grad_cam  # noqa: F401  (first CAM otherwise pays for this import)
         except (ModelLoadError, OSError, ValueError) as err:
             self.errors.setdefault("warm-up", str(err))
+
+    def subtype_model_id(self) -> str | None:
+        """The installed subtype model with the best validation macro AUROC (test is never consulted)."""
+        cards = self.cards()
+
+        def validation_auroc(model_id: str) -> float:
+            value = cards[model_id].get("metrics", {}).get("val", {}).get("macro_roc_auc", {}).get("value")
+            return -1.0 if value is None else float(value)
+
+        return max(self.model_ids("subtype"), key=validation_auroc, default=None)
 
     def get(self, model_id: str) -> LoadedModel:
         """A loaded model, cached; reloaded when its card changed on disk (promotion, rollback)."""
@@ -192,7 +201,7 @@ class Predictor:
         if ood_warning:
             result.warnings.append(ood_warning)
         if with_subtype and label == "PNEUMONIA":
-            subtype_id = next((i for i in SUBTYPE_PREFERENCE if i in self.model_ids("subtype")), None)
+            subtype_id = self.subtype_model_id()
             if subtype_id:
                 sub, sub_model = self.probabilities(image.pixels, subtype_id)
                 result.subtype = {c: float(p) for c, p in zip(sub_model.classes, sub)}

@@ -157,7 +157,7 @@ def _show_prediction(prediction: Prediction, index: int) -> None:
     for warning in prediction.warnings:
         st.warning(warning, icon="⚠️")
     if prediction.ood is False and prediction.ood_score is not None:
-        st.caption(f"Autoencoder check passed (anomaly score {prediction.ood_score:.4f}).")
+        st.caption(f"Looks like a chest X-ray like the training data (autoencoder score {prediction.ood_score:.4f}).")
     if prediction.subtype:
         st.markdown("**Pneumonia subtype** (3-class subtype model)")
         for column, (name, prob) in zip(st.columns(len(prediction.subtype)), prediction.subtype.items(), strict=True):
