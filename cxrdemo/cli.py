@@ -170,6 +170,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except ImageLoadError as err:
             failed = True
             result = {"file": name, "error": str(err)}
+        except Exception as err:  # noqa: BLE001 - one file must never stop the batch or print a traceback
+            failed = True
+            result = {"file": name, "error": f"{Path(name).name} could not be analysed: {_one_line(err)}"}
         if args.json:
             print(json.dumps(result), flush=True)
         elif "error" in result:
@@ -182,16 +185,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _write_cam(predictor, image, model_id: str, method: str, out_dir: Path) -> Path:
+    """Overlay PNG; the ensemble and k-NN have no network of their own, so their first member or backbone
+    is explained and named in the file name."""
     from PIL import Image
 
     from cxrdemo.explain import explain
 
-    model = predictor.get(model_id)
-    if model.module is None:
-        raise ValueError(f"Grad-CAM needs a single network; {model_id} is a {model.kind}")
-    explanation = explain(model.module, image.pixels, model.preprocessing, method=method)
+    network_id, network = predictor.explain_network(model_id)
+    explanation = explain(network.module, image.pixels, network.preprocessing, method=method)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{Path(image.name).stem}.{method}.png"
+    path = out_dir / f"{Path(image.name).stem}.{network_id}.{method}.png"
     Image.fromarray(explanation.overlay).save(path)
     return path
 
@@ -314,3 +317,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: a message, never a traceback
+        print(f"error: internal error ({type(err).__name__}): {_one_line(err)}", file=sys.stderr)
+        return 1

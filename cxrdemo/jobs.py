@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -149,7 +150,7 @@ def start_job(
     root = _runs_root()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test.{os.getpid()}"
+        probe = root / f".write-test.{os.getpid()}.{threading.get_ident()}"  # unique per concurrent caller
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:

@@ -104,7 +104,7 @@ def test_predict_writes_gradcam_overlays(cli_env: dict, default_model: str, samp
     assert len(answers) == 2
     for image, answer in zip(images, answers):
         cam = Path(answer["cam"])
-        assert cam == out / f"{image.stem}.gradcam.png"
+        assert cam == out / f"{image.stem}.{default_model}.gradcam.png"
         with Image.open(cam) as overlay:
             assert overlay.format == "PNG" and overlay.mode == "RGB"
             with Image.open(image) as original:
@@ -112,6 +112,20 @@ def test_predict_writes_gradcam_overlays(cli_env: dict, default_model: str, samp
             pixels = np.asarray(overlay).astype(int)
         # a heatmap was blended in: the overlay is coloured, unlike the grayscale X-ray
         assert (pixels.max(axis=2) - pixels.min(axis=2)).mean() > 5
+
+
+def test_predict_cam_for_the_ensemble_explains_its_first_member(cli_env: dict, sample_dir: Path, tmp_path: Path):
+    image = sorted((sample_dir / "test" / "NORMAL").glob("*.jpeg"))[0]
+    ensemble = json.loads((Path(cli_env["CXRDEMO_WEIGHTS"]) / "ensemble.json").read_text())
+    out = tmp_path / "cams"
+    result = cxrdemo(
+        cli_env, "predict", "--json", "--model", "ensemble", "--cam", "gradcam++", "--cam-out", str(out), str(image)
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout)
+    assert answer["model"] == "ensemble"
+    assert Path(answer["cam"]) == out / f"{image.stem}.{ensemble['members'][0]}.gradcam++.png"
+    assert Path(answer["cam"]).exists()
 
 
 def test_models_json_lists_the_installed_models(cli_env: dict):
