@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cxrdemo.calibration import apply_temperature
 from cxrdemo.data import Dataset, load_dataset, patient_split
 from cxrdemo.finalize import report
-from cxrdemo.knn import embed_pixels, neighbour_probabilities
+from cxrdemo.knn import embed_pixels, memory_probabilities
 from cxrdemo.predict import Predictor
 from cxrdemo.tasks import get_task
 from cxrdemo.tensor_cache import load_pixels
@@ -41,11 +40,7 @@ def batch_probabilities(predictor: Predictor, model_id: str, dataset: Dataset, f
     if model.kind == "knn":
         backbone = predictor.get(model.card["backbone"])
         pixels = load_pixels(dataset, frame, backbone.preprocessing.input_size)
-        queries = embed_pixels(backbone, pixels)
-        memory = F.normalize(model.tensors["embeddings"].float(), dim=1).numpy()
-        return neighbour_probabilities(
-            memory, model.tensors["labels"].numpy(), queries, int(model.card["k"]), len(model.classes)
-        )[0]
+        return memory_probabilities(model, embed_pixels(backbone, pixels))
     pixels = load_pixels(dataset, frame, model.preprocessing.input_size)
     with torch.inference_mode():
         logits = predict_logits(model.module, pixels, model.preprocessing).numpy()

@@ -36,3 +36,10 @@ def neighbour_probabilities(
     votes = labels[index]
     probs = np.stack([(votes == c).mean(1) for c in range(num_classes)], 1)
     return probs, (distances**2 / 2).mean(1)  # unit vectors: squared euclidean / 2 = cosine distance
+
+
+def memory_probabilities(model: LoadedModel, queries: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, C) of L2-normalised query embeddings against an installed k-NN's memory."""
+    memory = F.normalize(model.tensors["embeddings"].float(), dim=1).numpy()  # stored as fp16: renormalise
+    labels = model.tensors["labels"].numpy()
+    return neighbour_probabilities(memory, labels, queries, int(model.card["k"]), len(model.classes))[0]

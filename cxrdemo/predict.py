@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from cxrdemo.calibration import apply_temperature
 from cxrdemo.explain import Explanation, explain
 from cxrdemo.imaging import LoadedImage
-from cxrdemo.knn import neighbour_probabilities
+from cxrdemo.knn import memory_probabilities
 from cxrdemo.ood import statistics_distance
 from cxrdemo.paths import weights_dir
 from cxrdemo.preprocess import to_input, to_unit
@@ -133,10 +133,7 @@ class Predictor:
         if model.kind == "knn":
             backbone = self.get(model.card["backbone"])
             query = F.normalize(backbone.module.embed(to_input(pixels, backbone.preprocessing)), dim=1).numpy()
-            memory = model.tensors["embeddings"].float().numpy()
-            labels = model.tensors["labels"].numpy()
-            probs, _ = neighbour_probabilities(memory, labels, query, int(model.card["k"]), len(model.classes))
-            return probs[0], model
+            return memory_probabilities(model, query)[0], model
         logits = model.module(to_input(pixels, model.preprocessing)).numpy()
         return apply_temperature(logits, model.temperature)[0], model
 
