@@ -34,6 +34,27 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, help="run directory")
 
 
+def train_command(
+    arch: str, task: str, *, data: str | Path, out: str | Path, extra: list[str] | None = None
+) -> list[str]:
+    """The `python -m cxrdemo train` command line that admin jobs and the zoo launch as a subprocess."""
+    return [
+        sys.executable,
+        "-m",
+        "cxrdemo",
+        "train",
+        "--arch",
+        arch,
+        "--task",
+        task,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *(extra or []),
+    ]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxrdemo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -18,7 +18,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxrdemo.cli import train_command
 from cxrdemo.paths import REPO_ROOT, data_dir, runs_dir
 from cxrdemo.runlog import RunLog, atomic_write_json, read_json, read_metrics
 
@@ -170,26 +170,10 @@ def start_job(
             "device": device,
             "data": str(data_dir(data)),
         }
-        command = [
-            sys.executable,
-            "-m",
-            "cxrdemo",
-            "train",
-            "--arch",
-            arch,
-            "--task",
-            task,
-            "--epochs",
-            str(epochs),
-            "--device",
-            device,
-            "--data",
-            args["data"],
-            "--out",
-            str(run_dir),
-        ]
+        options = ["--epochs", str(epochs), "--device", device]
         if subset is not None:
-            command += ["--subset", str(subset)]
+            options += ["--subset", str(subset)]
+        command = train_command(arch, task, data=args["data"], out=run_dir, extra=options)
         proc = None
         try:
             with open(run_dir / LOG_FILE, "wb") as log:

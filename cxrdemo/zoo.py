@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from cxrdemo.cli import train_command
+from cxrdemo.finalize import default_model_id
+
 # (arch, task, extra train arguments) per profile
 PLANS: dict[str, list[tuple[str, str, list[str]]]] = {
     "gpu": [
@@ -55,28 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     trained = []
     for arch, task, extra in PLANS[args.profile]:
-        model_id = "autoencoder" if arch == "autoencoder" else f"{arch}-{task}"
+        model_id = default_model_id(arch, task)
         if args.only and model_id not in args.only:
             continue
         out = Path(args.runs) / model_id
         start = time.time()
-        run(
-            [
-                py,
-                "-m",
-                "cxrdemo",
-                "train",
-                "--arch",
-                arch,
-                "--task",
-                task,
-                "--data",
-                args.data,
-                "--out",
-                str(out),
-                *extra,
-            ]
-        )
+        run(train_command(arch, task, data=args.data, out=out, extra=extra))
         run([py, "-m", "cxrdemo", "promote", str(out)])
         trained.append((model_id, round(time.time() - start)))
     backbone = args.knn_backbone or ("resnet18-binary" if args.profile == "gpu" else "zubinrnet-binary")
