@@ -223,28 +223,19 @@ def _show_result(image: LoadedImage, prediction: Prediction, digest: str, index:
         card = cards.get(prediction.model, {"id": prediction.model})
         stem = image.name.rsplit(".", 1)[0] or "image"
         with st.container(horizontal=True):
-            st.download_button(
-                "Report (PNG)",
-                functools.partial(
-                    _report_bytes, report.report_png, image, overlay, prediction, card, explained=explained
-                ),
-                file_name=f"{stem}_report.png",
-                mime="image/png",
-                key=f"report_png_{index}",
-                on_click="ignore",
-                icon=":material/download:",
-            )
-            st.download_button(
-                "Report (PDF)",
-                functools.partial(
-                    _report_bytes, report.report_pdf, image, overlay, prediction, card, explained=explained
-                ),
-                file_name=f"{stem}_report.pdf",
-                mime="application/pdf",
-                key=f"report_pdf_{index}",
-                on_click="ignore",
-                icon=":material/download:",
-            )
+            for label, build, mime in (
+                ("PNG", report.report_png, "image/png"),
+                ("PDF", report.report_pdf, "application/pdf"),
+            ):
+                st.download_button(
+                    f"Report ({label})",
+                    functools.partial(_report_bytes, build, image, overlay, prediction, card, explained=explained),
+                    file_name=f"{stem}_report.{label.lower()}",
+                    mime=mime,
+                    key=f"report_{label.lower()}_{index}",
+                    on_click="ignore",
+                    icon=":material/download:",
+                )
 
 
 def analyse(index: int, name: str, data: bytes, batch: bool) -> BatchItem:
