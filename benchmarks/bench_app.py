@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from playwright.sync_api import expect, sync_playwright
 
@@ -33,6 +35,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def serve() -> Iterator[str]:
+    """`streamlit run app.py` on a free loopback port; yields its URL once it answers health checks."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=20)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
@@ -41,38 +79,12 @@ def main() -> None:
     files = sorted((SAMPLE_DIR / "test").glob("*/*.jpeg"))
     rows = []
     for attempt in range(args.repeats):
-        port = free_port()
         start = time.perf_counter()
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "app.py",
-                "--server.headless",
-                "true",
-                "--server.port",
-                str(port),
-                "--server.address",
-                "127.0.0.1",
-            ],
-            cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.05)
+        with serve() as url:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(f"http://127.0.0.1:{port}")
+                page.goto(url)
                 expect(page.get_by_role("heading", name="Diagnose")).to_be_visible(timeout=60_000)
                 cold = time.perf_counter() - start
                 page.wait_for_timeout(args.think * 1000)  # a user finding the file; the models warm up meanwhile
@@ -89,9 +101,6 @@ def main() -> None:
                     uploads.append(time.perf_counter() - t0)
                 browser.close()
             rows.append((cold, uploads))
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=20)
     cmd = f"python -m benchmarks.bench_app --repeats {args.repeats} --think {args.think:g}"
     colds = [r[0] for r in rows]
     firsts = [r[1][0] for r in rows]

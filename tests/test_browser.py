@@ -94,3 +94,25 @@ def test_deep_link_keeps_navigation(page: Page, streamlit_server):
     nav = page.get_by_test_id("stSidebarNav")
     expect(nav.get_by_role("link", name="Dataset explorer")).to_be_visible()
     expect(nav.get_by_role("link", name="app")).to_have_count(0)
+
+
+def test_simultaneous_sessions_are_isolated(browser, browser_context_args, streamlit_server, sample_dir: Path):
+    """Three browser sessions upload different X-rays at the same moment; each sees only its own."""
+    files = sorted((sample_dir / "test").glob("*/*.jpeg"))[:3]
+    contexts = [browser.new_context(**browser_context_args) for _ in files]
+    try:
+        pages = [context.new_page() for context in contexts]
+        for page in pages:
+            goto(page, streamlit_server)
+            page.get_by_test_id("stFileUploader").first.locator("input[type=file]").wait_for(state="attached")
+        for page, path in zip(pages, files):  # all uploads sent before any answer is awaited
+            page.get_by_test_id("stFileUploader").first.locator("input[type=file]").set_input_files(str(path))
+        for page, path in zip(pages, files):
+            expect(page.get_by_text(f"{path.name} (JPEG)").first).to_be_visible(timeout=SLOW)
+            expect(page.get_by_text("heatmap of").first).to_be_visible(timeout=SLOW)
+            for other in files:
+                if other != path:
+                    expect(page.get_by_text(other.name)).to_have_count(0)
+    finally:
+        for context in contexts:
+            context.close()
