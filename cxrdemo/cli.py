@@ -15,23 +15,48 @@ EXIT_BAD_INPUT = 2
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train one architecture (torchrun-compatible)")
-    p.add_argument("--arch", required=True)
-    p.add_argument("--task", default="binary", choices=["binary", "subtype"])
+    p = sub.add_parser("train", help="train one architecture (torchrun-compatible), or resume a run")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last epoch checkpoint")
+    p.add_argument("--arch")
+    p.add_argument("--task", choices=["binary", "subtype"])
     p.add_argument("--data")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    # unset options take TrainConfig's defaults (cxrdemo/training/config.py), the one place they live
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
+    p.add_argument("--threads", type=int)
     p.add_argument("--subset", type=int)
-    p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--ema-decay", type=float, default=0.0)
-    p.add_argument("--mixup-alpha", type=float, default=0.0)
-    p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--mixup-alpha", type=float)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--select", choices=["best", "last"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--compile", action="store_const", const=True)
     p.add_argument("--id", help="model id written into the card (default ARCH-TASK)")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", help="run directory")
+
+
+def train_config(args: argparse.Namespace):
+    """The run's TrainConfig: from RUN_DIR/config.json with --resume, else from the options given."""
+    from cxrdemo.runlog import read_json
+    from cxrdemo.training import TrainConfig
+
+    if args.resume:
+        path = Path(args.resume) / "config.json"
+        if not path.exists():
+            raise ValueError(f"{args.resume} is not a training run (no config.json)")
+        return TrainConfig.from_dict({**read_json(path), "out": str(args.resume)}), True
+    if not args.arch or not args.out:
+        raise ValueError("train needs --arch and --out (or --resume RUN_DIR)")
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in known and v is not None}
+    return TrainConfig(**values), False
 
 
 def train_command(
@@ -98,14 +123,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
 
     from cxrdemo.runlog import RunLog
-    from cxrdemo.train import TrainConfig, train
+    from cxrdemo.training import train
 
-    known = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in known and v is not None}
-    cfg = TrainConfig(**values)
+    try:
+        cfg, resume = train_config(args)
+    except ValueError as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     log = RunLog(Path(cfg.out), active=int(os.environ.get("RANK", "0")) == 0)
     try:
-        result = train(cfg)
+        result = train(cfg, resume=resume)
         if log.active:
             if cfg.arch == "autoencoder":
                 from cxrdemo.anomaly import finalize_autoencoder
@@ -276,7 +303,7 @@ def cmd_build_ensemble(args: argparse.Namespace) -> int:
     from cxrdemo.ensemble import build_ensemble
     from cxrdemo.paths import weights_dir
 
-    card = build_ensemble(weights_dir(), args.members or None)
+    card = build_ensemble(weights_dir(), args.members or None, fixed=bool(args.members))
     print(json.dumps({"members": card["members"], "test": _headline(card["metrics"].get("test", {}))}))
     return 0
 

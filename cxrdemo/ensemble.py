@@ -1,9 +1,10 @@
 """The ensemble: calibrated probabilities of binary models averaged.
 
-Members are chosen by greedy forward selection on validation log-loss from the stored per-image
-validation predictions (all candidates share the same patient split), and the threshold is
-Youden's J on validation. Log-loss rather than AUROC: validation AUROC saturates near 0.998 on this
-data, so it cannot tell a better average from a worse one. Test predictions are only combined and reported afterwards.
+The shipped ensemble's members are fixed in advance (`cxrdemo.zoo.ENSEMBLE_MEMBERS`, docs/DECISIONS.md):
+validation AUROC saturates near 0.997 on this data and log-loss selection was decided by a handful
+of images. Without a fixed list, members are chosen by greedy forward selection on validation
+log-loss. The threshold is the equal-prior decision p >= 0.5 (the members are class-balanced
+networks). Test predictions are only combined and reported afterwards.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdemo.calibration import choose_thresholds
-from cxrdemo.finalize import report
+from cxrdemo.finalize import BALANCED_PRIOR_THRESHOLD, report
 from cxrdemo.metrics import auroc
 from cxrdemo.registry import list_cards, load_predictions, write_model
 from cxrdemo.tasks import get_task
@@ -55,8 +56,14 @@ def select_members(val_probs: dict[str, np.ndarray], y: np.ndarray, max_members:
     return chosen
 
 
-def build_ensemble(directory: Path, candidates: list[str] | None = None, model_id: str = "ensemble") -> dict:
+def build_ensemble(
+    directory: Path, candidates: list[str] | None = None, model_id: str = "ensemble", *, fixed: bool = False
+) -> dict:
+    """Combine `candidates` (all of them when `fixed`, else a validation-selected subset) into one model."""
     cards = list_cards(directory)
+    missing = [m for m in candidates or [] if m not in cards]
+    if missing:
+        raise ValueError(f"ensemble members not installed: {', '.join(missing)}")
     candidates = candidates or [
         i for i, c in cards.items() if c.get("kind") == "classifier" and c.get("task") == "binary"
     ]
@@ -64,10 +71,12 @@ def build_ensemble(directory: Path, candidates: list[str] | None = None, model_i
         raise ValueError("no binary classifiers to combine")
     val_rows, val_probs = _aligned(candidates, directory, "val")
     y_val = val_rows["y_true"].to_numpy()
-    members = select_members(val_probs, y_val)
+    if not len(val_rows):
+        raise ValueError(f"{', '.join(candidates)} share no validation images (trained on different data or splits)")
+    members = list(candidates) if fixed else select_members(val_probs, y_val)
     p_val = np.mean([val_probs[m] for m in members], axis=0)
     thresholds = choose_thresholds(y_val, p_val)
-    threshold = float(thresholds["youden"])
+    threshold = BALANCED_PRIOR_THRESHOLD
     metrics = {"val": report("binary", y_val, np.stack([1 - p_val, p_val], 1), threshold)}
     tables = [val_rows.reset_index().assign(split="val", prob_NORMAL=1 - p_val, prob_PNEUMONIA=p_val)]
     test_rows, test_probs = _aligned(members, directory, "test")
@@ -86,7 +95,8 @@ def build_ensemble(directory: Path, candidates: list[str] | None = None, model_i
         "members": members,
         "candidates": candidates,
         "combination": "mean of temperature-scaled probabilities",
-        "selection": "greedy forward selection on validation log-loss",
+        "selection": "fixed in advance" if fixed else "greedy forward selection on validation log-loss",
+        "threshold_rule": "balanced_prior: mean probability >= 0.5 of class-balanced members",
         "validation_auroc": auroc(y_val, p_val),
         "threshold": threshold,
         "thresholds": thresholds,

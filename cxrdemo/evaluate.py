@@ -8,11 +8,11 @@ import torch
 from cxrdemo.calibration import apply_temperature
 from cxrdemo.data import Dataset, load_dataset, patient_split
 from cxrdemo.finalize import report
+from cxrdemo.forward import predict_logits
 from cxrdemo.knn import embed_pixels, memory_probabilities
 from cxrdemo.predict import Predictor
 from cxrdemo.tasks import get_task
 from cxrdemo.tensor_cache import load_pixels
-from cxrdemo.train import predict_logits
 
 SPLITS = ("test", "val", "official_val")
 

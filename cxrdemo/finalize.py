@@ -17,14 +17,34 @@ import pandas as pd
 import torch
 
 from cxrdemo.calibration import apply_temperature, choose_thresholds, fit_temperature
+from cxrdemo.forward import predict_logits
 from cxrdemo.metrics import binary_report, multiclass_report
 from cxrdemo.preprocess import Preprocessing
 from cxrdemo.registry import write_model
 from cxrdemo.tasks import get_task
 from cxrdemo.tensor_cache import load_pixels
-from cxrdemo.train import TrainResult, predict_logits
+from cxrdemo.training import TrainResult
 
 HEADLINE_DROP = ("roc", "pr")  # long curve point lists stay in the predictions file, not the card
+
+
+# The decision rule, written down before any test evaluation (docs/DECISIONS.md): a network trained
+# with the class-balanced loss estimates the posterior at equal class priors, so p >= 0.5 (argmax;
+# temperature scaling does not move it) is the Bayes decision at equal priors. Unlike Youden's J on
+# a validation set whose AUROC saturates near 0.997, it is decided by no handful of images, and it
+# does not carry the training prevalence (74 % pneumonia) into a deployment with another one.
+BALANCED_PRIOR_THRESHOLD = 0.5
+
+
+def operating_threshold(thresholds: dict, cfg) -> float:
+    """The shipped threshold: the equal-prior decision for class-balanced training, else Youden's."""
+    return BALANCED_PRIOR_THRESHOLD if cfg.class_balanced else float(thresholds["youden"])
+
+
+def threshold_rule(cfg) -> str:
+    if cfg.class_balanced:
+        return "balanced_prior: p >= 0.5 of a class-balanced network (Bayes decision at equal class priors)"
+    return "youden: maximum of sensitivity + specificity - 1 on validation"
 
 
 def default_model_id(arch: str, task: str) -> str:
@@ -80,7 +100,7 @@ def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 
     logits_by_split: dict[str, tuple[pd.DataFrame, np.ndarray, np.ndarray]] = {}
     for split, frame in evaluation_frames(result).items():
         pixels = result.data.val.pixels if split == "val" else load_pixels(dataset, frame, cfg.input_size).to(device)
-        logits = predict_logits(result.model, pixels, spec).cpu().numpy()
+        logits = predict_logits(result.model, pixels, spec, precision=result.precision).numpy()
         logits_by_split[split] = (frame, dataset.targets(frame, task), logits)
 
     _, y_val, val_logits = logits_by_split["val"]
@@ -89,7 +109,7 @@ def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 
     threshold = None
     if task.num_classes == 2:
         thresholds = choose_thresholds(y_val, apply_temperature(val_logits, temperature)[:, 1])
-        threshold = float(thresholds["youden"])
+        threshold = operating_threshold(thresholds, cfg)
 
     metrics, tables = {}, []
     for split, (frame, y, logits) in logits_by_split.items():
@@ -108,7 +128,9 @@ def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 
         "training": {
             **cfg.to_dict(),
             "best_epoch": result.best_epoch,
+            "selected_epoch": result.selected_epoch,
             "best_val_auroc": result.best_val_auroc,
+            "precision_used": result.precision,
             "epochs_run": len(result.history),
             "seconds": round(result.seconds, 1),
             "device": str(device),
@@ -119,6 +141,7 @@ def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 
         "data": data_summary(result),
         "temperature": temperature,
         "threshold": threshold,
+        "threshold_rule": threshold_rule(cfg) if threshold is not None else "argmax",
         "thresholds": thresholds,
         "metrics": metrics,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -9,19 +9,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrdemo.preprocess import normalize
+from cxrdemo.forward import embeddings
 from cxrdemo.registry import LoadedModel
 
 
-@torch.inference_mode()
-def embed_pixels(backbone: LoadedModel, pixels: torch.Tensor, batch_size: int = 128) -> np.ndarray:
+def embed_pixels(backbone: LoadedModel, pixels: torch.Tensor) -> np.ndarray:
     """L2-normalised embeddings (N, D) float32 for uint8 pixels (N, S, S)."""
-    spec = backbone.preprocessing
-    out = []
-    for start in range(0, len(pixels), batch_size):
-        x = normalize(pixels[start : start + batch_size].unsqueeze(1), spec)
-        out.append(F.normalize(backbone.module.embed(x).float(), dim=1).cpu())
-    return torch.cat(out).numpy()
+    return embeddings(backbone.module, pixels, backbone.preprocessing)
 
 
 def neighbour_probabilities(

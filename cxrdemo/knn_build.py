@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrdemo.calibration import choose_thresholds
 from cxrdemo.data import load_dataset, patient_split
 from cxrdemo.finalize import report
 from cxrdemo.knn import embed_pixels, neighbour_probabilities
@@ -53,8 +52,10 @@ def build_knn(
         probs, _ = neighbour_probabilities(embed["train"], y["train"], embed["val"], k, task.num_classes)
         scored.append((auroc(y["val"], probs[:, 1]), -k, k))
     _, _, best_k = max(scored)
-    val_probs, val_dist = neighbour_probabilities(embed["train"], y["train"], embed["val"], best_k, task.num_classes)
-    threshold = float(choose_thresholds(y["val"], val_probs[:, 1])["youden"])
+    val_probs, _ = neighbour_probabilities(embed["train"], y["train"], embed["val"], best_k, task.num_classes)
+    # equal-prior decision for vote fractions: weight each vote by 1 / its class's share of the memory,
+    # i.e. positive when the positive share of the k votes reaches the memory's positive prevalence
+    threshold = float(np.mean(y["train"] == 1))
     test_probs, _ = neighbour_probabilities(embed["train"], y["train"], embed["test"], best_k, task.num_classes)
     metrics = {
         "val": report(task.name, y["val"], val_probs, threshold),
@@ -86,8 +87,8 @@ def build_knn(
         "k": best_k,
         "k_selection": {str(k): float(s) for s, _, k in scored},
         "threshold": threshold,
+        "threshold_rule": "balanced_prior: positive share of the k votes >= positive share of the memory",
         "temperature": 1.0,
-        "ood_distance_threshold": float(np.quantile(val_dist, 0.99)),
         "training": {
             "fitted_on": "training side of the backbone's patient split",
             "n_memory": int(len(y["train"])),

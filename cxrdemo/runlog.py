@@ -73,3 +73,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def rewrite_metrics(run_dir: Path, records: list[dict]) -> None:
+    """Replace `metrics.jsonl` with `records` (a resumed run drops what its killed predecessor wrote late)."""
+    atomic_write_bytes(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
