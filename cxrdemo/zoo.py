@@ -55,6 +55,11 @@ PLANS: dict[str, Plan] = {
         ("cnn4", "subtype", cpu_recipe(128, 20, 0.99)),
         ("autoencoder", "binary", ["--precision", "fp32", "--input-size", "96", "--epochs", "24", "--lr", "2e-3"]),
     ],
+    # a minute on the bundled sample: the campaign's own test (tests/test_campaign.py)
+    "smoke": [
+        ("cnn4", "binary", ["--input-size", "48", "--epochs", "2", "--subset", "30", "--batch-size", "8"]),
+        ("autoencoder", "binary", ["--input-size", "48", "--epochs", "1", "--batch-size", "8"]),
+    ],
     "gpu": [
         ("resnet18", "binary", ["--epochs", "40", "--ema-decay", "0.999", "--mixup-alpha", "0.2", "--select", "last"]),
         ("zubinrnet", "binary", ["--epochs", "40", "--ema-decay", "0.999", "--select", "last"]),
@@ -84,9 +89,9 @@ def planned_config(arch: str, task: str, extra: list[str], out: Path, data: str)
     return cfg.to_dict()
 
 
-def same_recipe(a: dict, b: dict) -> bool:
-    keys = (set(a) | set(b)) - set(IGNORED_KEYS)
-    return all(json.dumps(a.get(k)) == json.dumps(b.get(k)) for k in keys)
+def same_recipe(recorded: dict, planned: dict) -> bool:
+    """Whether a run's config (or an installed card's `training`, which adds results) is the planned recipe."""
+    return all(json.dumps(recorded.get(k)) == json.dumps(planned[k]) for k in set(planned) - set(IGNORED_KEYS))
 
 
 def installed_recipe(model_id: str) -> dict | None:

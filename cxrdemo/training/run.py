@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from cxrdemo.training.callbacks import BestWeights, Checkpoint, EarlyStopping, J
 from cxrdemo.training.checkpoint import BEST, TrainState, load_checkpoint, load_torch
 from cxrdemo.training.config import TrainConfig, resolve_device
 from cxrdemo.training.data import PreparedData, prepare_data
-from cxrdemo.training.loop import EMA, FitContext, fit
+from cxrdemo.training.loop import EMA, Callback, FitContext, fit
 from cxrdemo.training.objectives import ClassifierObjective, ReconstructionObjective, class_weights
 
 
@@ -96,8 +97,11 @@ def restore(ctx: FitContext, run_dir: Path) -> tuple[TrainState, dict | None]:
     return state, best
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
-    """Train `cfg.arch`, continuing from `cfg.out`'s checkpoint when `resume`, and return the selected weights."""
+def train(cfg: TrainConfig, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train `cfg.arch`, continuing from `cfg.out`'s checkpoint when `resume`, and return the selected weights.
+
+    `callbacks` run after the built-in ones (progress, early stopping, best weights, log, checkpoint).
+    """
     rank, world = _distributed()
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world > 1:
@@ -115,7 +119,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     ctx = build_context(cfg, data, device, rank, world)
     state, best = restore(ctx, run_dir) if resume else (TrainState(), None)
     if rank == 0:
-        if state.epoch:  # drop epoch records written after the checkpoint by the killed process
+        if resume:  # drop epoch records the killed process wrote after its last checkpoint
             kept = [r for r in read_metrics(run_dir) if r.get("event") != "epoch" or r["epoch"] <= state.epoch]
             rewrite_metrics(run_dir, kept)
         log.record(
@@ -131,14 +135,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
             world_size=world,
         )
     keeper = BestWeights(run_dir, rank == 0, best)
-    callbacks = [
+    built_in = [
         ProgressBar(rank == 0),
         EarlyStopping(cfg.patience),
         keeper,
         JsonLog(log),
         Checkpoint(run_dir, rank == 0),
     ]
-    state = fit(ctx, state, callbacks)
+    state = fit(ctx, state, [*built_in, *callbacks])
     selected = state.epoch
     if cfg.select == "best" and keeper.state is not None:
         ctx.model.load_state_dict(keeper.state)
