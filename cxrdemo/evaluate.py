@@ -10,6 +10,7 @@ from cxrdemo.data import Dataset, load_dataset, patient_split
 from cxrdemo.finalize import report
 from cxrdemo.forward import predict_logits
 from cxrdemo.knn import embed_pixels, memory_probabilities
+from cxrdemo.precision import serving_precision
 from cxrdemo.predict import Predictor
 from cxrdemo.tasks import get_task
 from cxrdemo.tensor_cache import load_pixels
@@ -43,7 +44,8 @@ def batch_probabilities(predictor: Predictor, model_id: str, dataset: Dataset, f
         return memory_probabilities(model, embed_pixels(backbone, pixels))
     pixels = load_pixels(dataset, frame, model.preprocessing.input_size)
     with torch.inference_mode():
-        logits = predict_logits(model.module, pixels, model.preprocessing).numpy()
+        precision = serving_precision(model.card.get("inference_precision"), pixels.device)
+        logits = predict_logits(model.module, pixels, model.preprocessing, precision=precision).numpy()
     return apply_temperature(logits, model.temperature)
 
 

@@ -19,6 +19,7 @@ import torch
 from cxrdemo.calibration import apply_temperature, choose_thresholds, fit_temperature
 from cxrdemo.forward import predict_logits
 from cxrdemo.metrics import binary_report, multiclass_report
+from cxrdemo.precision import fastest_inference_precision
 from cxrdemo.preprocess import Preprocessing
 from cxrdemo.registry import write_model
 from cxrdemo.tasks import get_task
@@ -97,10 +98,12 @@ def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 
     spec = Preprocessing(input_size=cfg.input_size)
     dataset = result.data.dataset
     device = result.data.train.pixels.device
+    # every stored figure is computed at the precision the model will be served in
+    inference_precision = fastest_inference_precision(result.model, cfg.input_size, device)
     logits_by_split: dict[str, tuple[pd.DataFrame, np.ndarray, np.ndarray]] = {}
     for split, frame in evaluation_frames(result).items():
         pixels = result.data.val.pixels if split == "val" else load_pixels(dataset, frame, cfg.input_size).to(device)
-        logits = predict_logits(result.model, pixels, spec, precision=result.precision).numpy()
+        logits = predict_logits(result.model, pixels, spec, precision=inference_precision).numpy()
         logits_by_split[split] = (frame, dataset.targets(frame, task), logits)
 
     _, y_val, val_logits = logits_by_split["val"]
@@ -139,6 +142,7 @@ def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 
             "imagenet_init": bool(getattr(result.model, "pretrained", False)),
         },
         "data": data_summary(result),
+        "inference_precision": inference_precision,
         "temperature": temperature,
         "threshold": threshold,
         "threshold_rule": threshold_rule(cfg) if threshold is not None else "argmax",
