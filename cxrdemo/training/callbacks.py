@@ -39,7 +39,7 @@ class EarlyStopping(Callback):
 
 
 class BestWeights(Callback):
-    """Keeps the judged weights of the best epoch in memory and in `best.pt`, for selection and resume."""
+    """Keeps the judged weights of the best epoch in memory and, when `active`, in `best.pt` for resume."""
 
     def __init__(self, run_dir: Path, active: bool, state: dict[str, torch.Tensor] | None = None) -> None:
         self.run_dir = run_dir

@@ -134,7 +134,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, callbacks: Sequence[Callbac
             threads=torch.get_num_threads(),
             world_size=world,
         )
-    keeper = BestWeights(run_dir, rank == 0, best)
+    keeper = BestWeights(run_dir, rank == 0 and cfg.select == "best", best)
     built_in = [
         ProgressBar(rank == 0),
         EarlyStopping(cfg.patience),
