@@ -81,10 +81,19 @@ class ProgressBar(Callback):
         self.bar = None
 
     def on_fit_start(self, ctx: FitContext, state: TrainState) -> None:
+        import sys
+
         from tqdm import tqdm
 
+        # into a log file (a background campaign) a line every 30 s, not one per step
+        interval = 0.1 if sys.stderr.isatty() else 30.0
         self.bar = tqdm(
-            total=ctx.total_steps, initial=state.step, unit="step", disable=not self.enabled, dynamic_ncols=True
+            total=ctx.total_steps,
+            initial=state.step,
+            unit="step",
+            disable=not self.enabled,
+            dynamic_ncols=True,
+            mininterval=interval,
         )
 
     def on_step_end(self, ctx: FitContext, state: TrainState, loss: float) -> None:
