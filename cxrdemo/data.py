@@ -96,10 +96,23 @@ class Dataset:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+RSNA_LABELS = "stage_2_train_labels.csv"  # an RSNA Pneumonia Detection Challenge folder (cxrdemo.rsna)
+RSNA_IMAGES = "stage_2_train_images"
+
+
 def load_dataset(root: str | Path | None = None) -> Dataset:
-    """Read the dataset at `root` (default: `CXRDEMO_DATA`, then the bundled sample)."""
+    """Read the dataset at `root` (default: `CXRDEMO_DATA`, then the bundled sample).
+
+    `root` is a Kermany-layout folder (with or without `manifest.csv`) or an RSNA challenge folder
+    (`stage_2_train_labels.csv` beside `stage_2_train_images/`, or with the DICOMs beside it).
+    """
     root = data_dir(root)
     manifest = root / "manifest.csv"
+    if (root / RSNA_LABELS).exists() and not manifest.exists():
+        from cxrdemo.rsna import load_rsna  # rsna builds on this module's Dataset
+
+        images = root / RSNA_IMAGES
+        return load_rsna(root / RSNA_LABELS, images if images.is_dir() else root)
     if manifest.exists():
         frame = pd.read_csv(manifest)
         if "subtype" not in frame or "patient_id" not in frame:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from cxrdemo.models import create_model
 from cxrdemo.paths import weights_dir
@@ -145,19 +145,38 @@ def load_card(model_id: str, directory: Path | None = None) -> dict:
         raise ModelLoadError(f"model {model_id}: its card {path.name} is unreadable ({err})") from None
 
 
+VERIFY_ATTEMPTS = 5  # a promotion replaces weights, then the card: a reader in between retries
+
+
+def _verified_weights(model_id: str, directory: Path) -> tuple[dict, bytes]:
+    """(card, weights bytes) that belong together: the bytes hashed are the bytes loaded.
+
+    `promote` replaces the weights file and then the card, each atomically; a reader that lands between
+    the two sees a new file and the old card, which the hash shows, and it reads both again.
+    """
+    path = directory / f"{model_id}.safetensors"
+    for attempt in range(VERIFY_ATTEMPTS):
+        card = load_card(model_id, directory)
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelLoadError(f"model {model_id}: weights file {path.name} is missing") from None
+        if not card.get("weights_sha256") or hashlib.sha256(blob).hexdigest() == card["weights_sha256"]:
+            return card, blob
+        time.sleep(0.05 * (attempt + 1))
+    raise ModelLoadError(f"model {model_id}: {path.name} does not match its card (corrupt or replaced)")
+
+
 def load_model(model_id: str, directory: Path | None = None) -> LoadedModel:
     """Load a model by id, verifying the weights' sha256 against the card."""
     directory = directory or weights_dir()
     card = load_card(model_id, directory)
     if card.get("kind") == "ensemble":
         return LoadedModel(model_id, card, None)
+    card, blob = _verified_weights(model_id, directory)
     path = directory / f"{model_id}.safetensors"
-    if not path.exists():
-        raise ModelLoadError(f"model {model_id}: weights file {path.name} is missing")
-    if card.get("weights_sha256") and sha256_file(path) != card["weights_sha256"]:
-        raise ModelLoadError(f"model {model_id}: {path.name} does not match its card (corrupt or replaced)")
     try:
-        tensors = load_file(path)
+        tensors = load(blob)
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise ModelLoadError(f"model {model_id}: cannot read {path.name} ({type(err).__name__})") from None
     if card.get("kind") == "knn":
@@ -233,8 +252,3 @@ def rollback(model_id: str, directory: Path | None = None) -> dict:
         else:
             atomic_write_bytes(target, staged[suffix])
     return load_card(model_id, directory)
-
-
-def copy_weights(source: Path, target: Path) -> None:
-    """Copy a weights folder (used by tests and the benchmark for a private, writable registry)."""
-    shutil.copytree(source, target, dirs_exist_ok=True)

@@ -23,6 +23,10 @@ from cxrdemo.preprocess import resize_square
 
 
 def _decode(path: Path, size: int) -> np.ndarray:
+    if path.suffix.lower() == ".dcm":  # RSNA: the same DICOM reader as uploads (windowing, MONOCHROME1)
+        from cxrdemo.imaging import load_image_file
+
+        return resize_square(load_image_file(path).pixels, size)
     with Image.open(path) as img:
         img.draft("L", (size, size))  # JPEG: decode at reduced scale when the file is much larger
         return resize_square(np.asarray(img.convert("L")), size)

@@ -256,3 +256,39 @@ def test_sources_never_unpickle():
             if isinstance(node, ast.ImportFrom):
                 assert (node.module or "").split(".")[0] not in {"pickle", "dill", "cloudpickle"}, path
     assert torch_loads >= 1  # the ImageNet cache reader; the check above really looked at it
+
+
+def test_loads_during_promotions_never_pair_weights_with_another_card(tmp_path: Path):
+    """Readers racing a promoter that swaps two versions back and forth always get a matching pair."""
+    import threading
+
+    runs = {seed: tmp_path / f"run-{seed}" for seed in (1, 2)}
+    expected = {}
+    for seed, run_dir in runs.items():
+        card = make_run(run_dir, seed, created=f"v{seed}")
+        expected[card["created"]] = trained_like_cnn4(seed).state_dict()["head.6.weight"].half().float()
+    weights = tmp_path / "weights"
+    promote(runs[1], directory=weights)
+    stop = threading.Event()
+    seen, failures = [], []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                loaded = load_model("cnn4-binary", weights)
+            except ModelLoadError as err:
+                failures.append(str(err))
+                continue
+            head = loaded.module.state_dict()["head.6.weight"]
+            seen.append(torch.equal(head, expected[loaded.card["created"]]))
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for i in range(30):
+        promote(runs[2 if i % 2 == 0 else 1], directory=weights)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    assert len(seen) > 10 and all(seen)

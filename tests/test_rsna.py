@@ -164,3 +164,44 @@ def test_patient_id_that_leaves_the_folder_is_refused(tmp_path: Path, rsna: dict
 def test_fractions_are_checked(rsna: dict) -> None:
     with pytest.raises(ValueError, match="sum to less than 1"):
         load_rsna(rsna["labels"], rsna["images"], val_fraction=0.5, test_fraction=0.5)
+
+
+def test_rsna_folder_trains_and_evaluates_from_the_command_line(rsna: dict, tmp_path: Path) -> None:
+    """`--data` pointing at an RSNA folder: `train` decodes its DICOMs, `evaluate` scores its test patients."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from cxrdemo.data import load_dataset
+    from cxrdemo.paths import REPO_ROOT
+
+    root = rsna["labels"].parent
+    loaded = load_dataset(root)
+    assert len(loaded.frame) == N_NORMAL + N_PNEUMONIA and set(loaded.frame["split"]) == set(SPLITS)
+    env = {
+        **os.environ,
+        "CXRDEMO_CACHE": str(tmp_path / "cache"),
+        "CXRDEMO_WEIGHTS": str(tmp_path / "weights"),
+        "OMP_NUM_THREADS": "1",
+    }
+    run = tmp_path / "run"
+    train = [sys.executable, "-m", "cxrdemo", "train", "--arch", "cnn4", "--data", str(root), "--out", str(run)]
+    train += ["--epochs", "1", "--input-size", "48", "--batch-size", "8", "--device", "cpu"]
+    done = subprocess.run(train, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((run / "card.json").read_text())
+    assert (
+        card["data"]["dataset"] == loaded.root.name
+        and card["metrics"]["test"]["n"] == (loaded.frame["split"] == "test").sum()
+    )
+    promote = [sys.executable, "-m", "cxrdemo", "promote", str(run), "--as", "cnn4-rsna"]
+    assert subprocess.run(promote, cwd=REPO_ROOT, env=env, capture_output=True, timeout=120).returncode == 0
+    evaluate = [sys.executable, "-m", "cxrdemo", "evaluate", "--model", "cnn4-rsna", "--data", str(root), "--json"]
+    scored = subprocess.run(evaluate, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    result = json.loads(scored.stdout)
+    assert result["n"] == card["metrics"]["test"]["n"]
+    assert result["metrics"]["accuracy"]["value"] == pytest.approx(
+        card["metrics"]["test"]["accuracy"]["value"], abs=1e-9
+    )
