@@ -260,6 +260,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "kind": card.get("kind"),
                 "arch": card.get("arch"),
                 "task": card.get("task"),
+                "recipe": recipe(card),
                 "test": _headline(test),
                 "error": card.get("error"),
             }
@@ -267,11 +268,27 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'id':<20}{'kind':<13}{'task':<9}test metrics")
+    print(f"{'id':<20}{'kind':<13}{'task':<9}{'recipe':<34}test metrics")
     for row in rows:
         metrics = row["error"] or "  ".join(f"{k}={v}" for k, v in row["test"].items())
-        print(f"{row['id']:<20}{row['kind'] or '?':<13}{row['task'] or '?':<9}{metrics}")
+        print(f"{row['id']:<20}{row['kind'] or '?':<13}{row['task'] or '?':<9}{row['recipe']:<34}{metrics}")
     return 0
+
+
+def recipe(card: dict) -> str:
+    """Input size, training precision, epochs and wall time, e.g. '224 px bf16 24 ep 52 min'."""
+    training = card.get("training") or {}
+    if card.get("kind") == "ensemble":
+        return f"mean of {len(card.get('members', []))} models"
+    if card.get("kind") == "knn":
+        return f"k={card.get('k')} on {card.get('backbone')}"
+    size = (card.get("preprocessing") or {}).get("input_size")
+    parts = [f"{size} px" if size else "", training.get("precision_used", ""), ""]
+    if training.get("epochs_run") is not None:
+        parts[2] = f"{training['epochs_run']} ep"
+    if training.get("seconds") is not None:
+        parts.append(f"{training['seconds'] / 60:.0f} min")
+    return " ".join(p for p in parts if p)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
