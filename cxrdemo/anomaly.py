@@ -7,12 +7,12 @@ Its threshold is a high quantile of the scores of validation normals (patient-gr
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 
 from cxrdemo.calibration import anomaly_threshold
+from cxrdemo.card import ModelCard
 from cxrdemo.forward import reconstruction_errors
 from cxrdemo.metrics import auroc
 
@@ -52,32 +52,34 @@ def finalize_autoencoder(result, *, model_id: str = "autoencoder") -> dict:
     buffer = io.StringIO()
     pd.concat(tables).to_csv(buffer, index=False, float_format="%.6g")
     statistics = fit_image_statistics(dataset, cfg.val_fraction, cfg.seed)
-    card = {
-        "image_statistics": statistics,
-        "kind": "autoencoder",
-        "arch": "autoencoder",
-        "task": "anomaly",
-        "classes": [],
-        "preprocessing": {"input_size": cfg.input_size, "mean": 0.0, "std": 1.0, "resize": "squash"},
-        "training": {
+    card = ModelCard(
+        kind="autoencoder",
+        task="anomaly",
+        arch="autoencoder",
+        classes=[],
+        preprocessing={"input_size": cfg.input_size, "mean": 0.0, "std": 1.0, "resize": "squash"},
+        threshold=threshold,
+        metrics=metrics,
+        training={
             **cfg.to_dict(),
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
             "seconds": round(result.seconds, 1),
             "device": str(device),
+            "precision_used": result.precision,
             "trained_on": "NORMAL only",
         },
-        "data": {
+        data={
             "dataset": dataset.root.name,
             "manifest_fingerprint": dataset.fingerprint,
             "n_train": int(len(result.data.train.frame)),
             "n_val": int(len(result.data.val.frame)),
         },
-        "threshold": threshold,
-        "threshold_rule": f"{THRESHOLD_QUANTILE:.0%} quantile of validation-normal reconstruction MSE",
-        "metrics": metrics,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+        extra={
+            "image_statistics": statistics,
+            "threshold_rule": f"{THRESHOLD_QUANTILE:.0%} quantile of validation-normal reconstruction MSE",
+        },
+    )
     return write_model(Path(cfg.out), model_id, result.model.state_dict(), card, buffer.getvalue(), run=True)
 
 

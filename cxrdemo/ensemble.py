@@ -10,13 +10,13 @@ networks). Test predictions are only combined and reported afterwards.
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxrdemo.calibration import choose_thresholds
+from cxrdemo.card import ModelCard
 from cxrdemo.finalize import BALANCED_PRIOR_THRESHOLD, report
 from cxrdemo.metrics import auroc
 from cxrdemo.registry import list_cards, load_predictions, write_model
@@ -87,22 +87,22 @@ def build_ensemble(
     keep = ["path", "split", "y_true", "label", "subtype", "prob_NORMAL", "prob_PNEUMONIA"]
     buffer = io.StringIO()
     pd.concat(tables)[keep].to_csv(buffer, index=False, float_format="%.6g")
-    card = {
-        "kind": "ensemble",
-        "arch": "ensemble",
-        "task": "binary",
-        "classes": list(get_task("binary").classes),
-        "members": members,
-        "candidates": candidates,
-        "combination": "mean of temperature-scaled probabilities",
-        "selection": "fixed in advance" if fixed else "greedy forward selection on validation log-loss",
-        "threshold_rule": "balanced_prior: mean probability >= 0.5 of class-balanced members",
-        "validation_auroc": auroc(y_val, p_val),
-        "threshold": threshold,
-        "thresholds": thresholds,
-        "temperature": 1.0,
-        "metrics": metrics,
-        "data": {"manifest_fingerprint": cards[members[0]].get("data", {}).get("manifest_fingerprint")},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    card = ModelCard(
+        kind="ensemble",
+        task="binary",
+        arch="ensemble",
+        classes=list(get_task("binary").classes),
+        threshold=threshold,
+        metrics=metrics,
+        data={"manifest_fingerprint": cards[members[0]].get("data", {}).get("manifest_fingerprint")},
+        extra={
+            "members": members,
+            "candidates": candidates,
+            "combination": "mean of temperature-scaled probabilities",
+            "selection": "fixed in advance" if fixed else "greedy forward selection on validation log-loss",
+            "threshold_rule": "balanced_prior: mean probability >= 0.5 of class-balanced members",
+            "validation_auroc": auroc(y_val, p_val),
+            "thresholds": thresholds,
+        },
+    )
     return write_model(directory, model_id, {}, card, buffer.getvalue())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pandas as pd
 import torch
 
 from cxrdemo.calibration import apply_temperature, choose_thresholds, fit_temperature
+from cxrdemo.card import ModelCard
 from cxrdemo.forward import predict_logits
 from cxrdemo.metrics import binary_report, multiclass_report
 from cxrdemo.precision import fastest_inference_precision
@@ -122,13 +122,16 @@ def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 
     buffer = io.StringIO()
     pd.concat(tables).to_csv(buffer, index=False, float_format="%.6g")
 
-    card = {
-        "kind": "classifier",
-        "arch": cfg.arch,
-        "task": cfg.task,
-        "classes": classes,
-        "preprocessing": spec.to_dict(),
-        "training": {
+    card = ModelCard(
+        kind="classifier",
+        task=cfg.task,
+        arch=cfg.arch,
+        classes=classes,
+        preprocessing=spec.to_dict(),
+        threshold=threshold,
+        temperature=temperature,
+        metrics=metrics,
+        training={
             **cfg.to_dict(),
             "best_epoch": result.best_epoch,
             "selected_epoch": result.selected_epoch,
@@ -141,16 +144,14 @@ def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 
             "host": platform.node() or "unknown",
             "imagenet_init": bool(getattr(result.model, "pretrained", False)),
         },
-        "data": data_summary(result),
-        "inference_precision": inference_precision,
-        "temperature": temperature,
-        "threshold": threshold,
-        "threshold_rule": threshold_rule(cfg) if threshold is not None else "argmax",
-        "thresholds": thresholds,
-        "metrics": metrics,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "evaluation_command": f"python -m cxrdemo evaluate --model {model_id} --split test",
-    }
+        data=data_summary(result),
+        extra={
+            "inference_precision": inference_precision,
+            "threshold_rule": threshold_rule(cfg) if threshold is not None else "argmax",
+            "thresholds": thresholds,
+            "evaluation_command": f"python -m cxrdemo evaluate --model {model_id} --split test",
+        },
+    )
     tensors = result.model.state_dict()
     return write_model(Path(cfg.out), model_id, tensors, card, buffer.getvalue(), run=True)
 

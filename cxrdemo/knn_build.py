@@ -7,13 +7,13 @@ AUROC, the threshold by Youden's J on validation; the test split is evaluated on
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from cxrdemo.card import ModelCard
 from cxrdemo.data import load_dataset, patient_split
 from cxrdemo.finalize import report
 from cxrdemo.knn import embed_pixels, neighbour_probabilities
@@ -77,28 +77,28 @@ def build_knn(
         rows.append(part)
     buffer = io.StringIO()
     pd.concat(rows).to_csv(buffer, index=False, float_format="%.6g")
-    card = {
-        "kind": "knn",
-        "arch": "knn",
-        "task": task.name,
-        "classes": list(task.classes),
-        "backbone": backbone_id,
-        "preprocessing": backbone.card["preprocessing"],
-        "k": best_k,
-        "k_selection": {str(k): float(s) for s, _, k in scored},
-        "threshold": threshold,
-        "threshold_rule": "balanced_prior: positive share of the k votes >= positive share of the memory",
-        "temperature": 1.0,
-        "training": {
+    card = ModelCard(
+        kind="knn",
+        task=task.name,
+        arch="knn",
+        classes=list(task.classes),
+        preprocessing=backbone.card["preprocessing"],
+        threshold=threshold,
+        metrics=metrics,
+        training={
             "fitted_on": "training side of the backbone's patient split",
             "n_memory": int(len(y["train"])),
             "k_chosen_on": "validation AUROC",
             "val_fraction": training["val_fraction"],
             "seed": training["seed"],
         },
-        "data": {"dataset": dataset.root.name, "manifest_fingerprint": dataset.fingerprint},
-        "metrics": metrics,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+        data={"dataset": dataset.root.name, "manifest_fingerprint": dataset.fingerprint},
+        extra={
+            "backbone": backbone_id,
+            "k": best_k,
+            "k_selection": {str(k): float(s) for s, _, k in scored},
+            "threshold_rule": "balanced_prior: positive share of the k votes >= positive share of the memory",
+        },
+    )
     tensors = {"embeddings": torch.from_numpy(embed["train"]), "labels": torch.from_numpy(y["train"])}
     return write_model(out, model_id, tensors, card, buffer.getvalue())

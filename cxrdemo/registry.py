@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load, save
 
+from cxrdemo.card import CardError, ModelCard
 from cxrdemo.models import create_model
 from cxrdemo.paths import weights_dir
 from cxrdemo.preprocess import Preprocessing
@@ -50,13 +51,11 @@ class LoadedModel:
 
     @property
     def temperature(self) -> float:
-        value = self.card.get("temperature")
-        return 1.0 if value is None else float(value)
+        return ModelCard.from_dict(self.card).temperature
 
     @property
     def threshold(self) -> float:
-        value = self.card.get("threshold")
-        return 0.5 if value is None else float(value)
+        return ModelCard.from_dict(self.card).decision_threshold
 
 
 def sha256_file(path: Path) -> str:
@@ -97,7 +96,7 @@ def write_model(
     directory: Path,
     model_id: str,
     tensors: dict[str, torch.Tensor],
-    card: dict,
+    card: ModelCard | dict,
     predictions_csv: str | None = None,
     *,
     run: bool = False,
@@ -109,7 +108,8 @@ def write_model(
     blob = save(state_to_fp16(tensors), metadata={"id": model_id}) if tensors else b""
     if tensors:
         atomic_write_bytes(paths["weights"], blob)
-    card = {**card, "id": model_id}
+    card = card if isinstance(card, ModelCard) else ModelCard.from_dict(card)  # a dict is checked the same way
+    card = {**card.to_dict(), "id": model_id}
     if tensors:
         card.update(weights_sha256=hashlib.sha256(blob).hexdigest(), weights_bytes=len(blob))
     if predictions_csv is not None:
@@ -124,9 +124,9 @@ def list_cards(directory: Path | None = None) -> dict[str, dict]:
     cards: dict[str, dict] = {}
     for path in sorted(directory.glob("*.json")):
         try:
-            card = json.loads(path.read_text())
-            if not isinstance(card, dict):
-                raise ValueError("not a JSON object")
+            card = ModelCard.from_dict(json.loads(path.read_text())).to_dict()
+        except CardError as err:
+            card = {"id": path.stem, "error": f"invalid model card: {err}"}
         except (OSError, ValueError) as err:
             card = {"id": path.stem, "error": f"unreadable model card: {err}"}
         cards[path.stem] = card
@@ -140,9 +140,13 @@ def load_card(model_id: str, directory: Path | None = None) -> dict:
         known = ", ".join(list_cards(directory)) or "none"
         raise ModelLoadError(f"no model {model_id!r} in {directory} (available: {known})")
     try:
-        return json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"model {model_id}: its card {path.name} is unreadable ({err})") from None
+    try:
+        return ModelCard.from_dict(raw).to_dict()
+    except CardError as err:
+        raise ModelLoadError(f"model {model_id}: its card {path.name} is invalid ({err})") from None
 
 
 VERIFY_ATTEMPTS = 5  # a promotion replaces weights, then the card: a reader in between retries

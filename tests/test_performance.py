@@ -70,7 +70,7 @@ def write_synthetic_models(directory: Path) -> dict[str, dict]:
         "arch": "ensemble",
         "task": "binary",
         "classes": list(task.classes),
-        "members": [],
+        "members": ["toy-member"],  # never loaded: the performance page reads stored predictions
         "threshold": 0.5,
         "temperature": 1.0,
         "metrics": {"test": report("binary", y, np.stack([1 - p, p], 1), 0.5, 200)},

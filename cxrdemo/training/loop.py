@@ -170,27 +170,34 @@ def epoch_record(
     }
 
 
+def run_epoch(ctx: FitContext, state: TrainState, callbacks: Sequence[Callback]) -> None:
+    """Train one epoch, validate, update the best-so-far, and hand the epoch record to the callbacks."""
+    started = time.time()
+    losses, images = train_one_epoch(ctx, state, callbacks)
+    train_seconds = time.time() - started
+    score, loss = evaluate(ctx)
+    state.epoch += 1
+    state.seconds += time.time() - started
+    better = improved(state, score, loss)
+    if better:
+        state.best_score, state.best_loss, state.best_epoch, state.stale = score, loss, state.epoch, 0
+    else:
+        state.stale += 1
+    record = epoch_record(ctx, state, losses, score, loss, images / max(train_seconds, 1e-9))
+    record["improved"] = better
+    state.history.append(record)
+    for cb in callbacks:
+        cb.on_epoch_end(ctx, state, record)
+
+
 def fit(ctx: FitContext, state: TrainState, callbacks: Sequence[Callback] = ()) -> TrainState:
     """Run epochs `state.epoch + 1 .. cfg.epochs` (or until a callback sets `state.stop`)."""
     for cb in callbacks:
         cb.on_fit_start(ctx, state)
-    while state.epoch < ctx.cfg.epochs and not state.stop:
-        started = time.time()
-        losses, images = train_one_epoch(ctx, state, callbacks)
-        train_seconds = time.time() - started
-        score, loss = evaluate(ctx)
-        state.epoch += 1
-        state.seconds += time.time() - started
-        better = improved(state, score, loss)
-        if better:
-            state.best_score, state.best_loss, state.best_epoch, state.stale = score, loss, state.epoch, 0
-        else:
-            state.stale += 1
-        record = epoch_record(ctx, state, losses, score, loss, images / max(train_seconds, 1e-9))
-        record["improved"] = better
-        state.history.append(record)
+    try:
+        while state.epoch < ctx.cfg.epochs and not state.stop:
+            run_epoch(ctx, state, callbacks)
+    finally:  # a failed epoch (a full disk, an interrupt) still closes the progress bar before the error
         for cb in callbacks:
-            cb.on_epoch_end(ctx, state, record)
-    for cb in callbacks:
-        cb.on_fit_end(ctx, state)
+            cb.on_fit_end(ctx, state)
     return state
