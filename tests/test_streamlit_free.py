@@ -10,7 +10,9 @@ import textwrap
 from cxrdemo.paths import REPO_ROOT
 
 BACKEND_MODULES = sorted(
-    f"cxrdemo.{p.stem}" for p in (REPO_ROOT / "cxrdemo").glob("*.py") if p.stem not in ("ui", "__main__")
+    ".".join(p.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
+    for p in (REPO_ROOT / "cxrdemo").rglob("*.py")
+    if p.stem not in ("ui", "__main__")
 )
 
 
@@ -19,7 +21,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_backend_modules_do_not_import_streamlit():
-    assert "cxrdemo.train" in BACKEND_MODULES and "cxrdemo.predict" in BACKEND_MODULES
+    assert "cxrdemo.training.loop" in BACKEND_MODULES and "cxrdemo.predict" in BACKEND_MODULES
     code = textwrap.dedent(f"""
         import importlib, json, sys
         modules = {BACKEND_MODULES!r}
@@ -58,7 +60,7 @@ def test_blocker_really_blocks():
 
 def test_training_path_needs_no_gradcam_dicom_or_streamlit():
     code = BLOCKER + textwrap.dedent("""
-        import cxrdemo.train, cxrdemo.finalize, cxrdemo.anomaly, cxrdemo.knn, cxrdemo.cli
+        import cxrdemo.training.run, cxrdemo.zoo, cxrdemo.finalize, cxrdemo.anomaly, cxrdemo.knn, cxrdemo.cli
         from cxrdemo.cli import build_parser
         build_parser().parse_args(["train", "--arch", "cnn4", "--out", "x"])
         print(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
