@@ -8,76 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
+
+from cxrdemo.training.command import add_train_arguments, train_config
 
 EXIT_BAD_INPUT = 2
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train one architecture (torchrun-compatible), or resume a run")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last epoch checkpoint")
-    p.add_argument("--arch")
-    p.add_argument("--task", choices=["binary", "subtype"])
-    p.add_argument("--data")
-    # unset options take TrainConfig's defaults (cxrdemo/training/config.py), the one place they live
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--subset", type=int)
-    p.add_argument("--input-size", type=int)
-    p.add_argument("--ema-decay", type=float)
-    p.add_argument("--mixup-alpha", type=float)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--select", choices=["best", "last"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--compile", action="store_const", const=True)
-    p.add_argument("--id", help="model id written into the card (default ARCH-TASK)")
-    p.add_argument("--out", help="run directory")
-
-
-def train_config(args: argparse.Namespace):
-    """The run's TrainConfig: from RUN_DIR/config.json with --resume, else from the options given."""
-    from cxrdemo.runlog import read_json
-    from cxrdemo.training import TrainConfig
-
-    if args.resume:
-        path = Path(args.resume) / "config.json"
-        if not path.exists():
-            raise ValueError(f"{args.resume} is not a training run (no config.json)")
-        return TrainConfig.from_dict({**read_json(path), "out": str(args.resume)}), True
-    if not args.arch or not args.out:
-        raise ValueError("train needs --arch and --out (or --resume RUN_DIR)")
-    known = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in known and v is not None}
-    return TrainConfig(**values), False
-
-
-def train_command(
-    arch: str, task: str, *, data: str | Path, out: str | Path, extra: list[str] | None = None
-) -> list[str]:
-    """The `python -m cxrdemo train` command line that admin jobs and the zoo launch as a subprocess."""
-    return [
-        sys.executable,
-        "-m",
-        "cxrdemo",
-        "train",
-        "--arch",
-        arch,
-        "--task",
-        task,
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        *(extra or []),
-    ]
+    add_train_arguments(sub.add_parser("train", help="train one architecture (torchrun-compatible), or resume a run"))
 
 
 def build_parser() -> argparse.ArgumentParser:

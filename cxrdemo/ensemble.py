@@ -17,8 +17,8 @@ import pandas as pd
 
 from cxrdemo.calibration import choose_thresholds
 from cxrdemo.card import ModelCard
-from cxrdemo.finalize import BALANCED_PRIOR_THRESHOLD, report
-from cxrdemo.metrics import auroc
+from cxrdemo.finalize import BALANCED_PRIOR_THRESHOLD
+from cxrdemo.metrics import auroc, report
 from cxrdemo.registry import list_cards, load_predictions, write_model
 from cxrdemo.tasks import get_task
 

@@ -7,9 +7,9 @@ import torch
 
 from cxrdemo.calibration import apply_temperature
 from cxrdemo.data import Dataset, load_dataset, patient_split
-from cxrdemo.finalize import report
 from cxrdemo.forward import predict_logits
 from cxrdemo.knn import embed_pixels, memory_probabilities
+from cxrdemo.metrics import report
 from cxrdemo.precision import serving_precision
 from cxrdemo.predict import Predictor
 from cxrdemo.tasks import get_task

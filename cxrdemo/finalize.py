@@ -18,16 +18,13 @@ import torch
 from cxrdemo.calibration import apply_temperature, choose_thresholds, fit_temperature
 from cxrdemo.card import ModelCard
 from cxrdemo.forward import predict_logits
-from cxrdemo.metrics import binary_report, multiclass_report
+from cxrdemo.metrics import report
 from cxrdemo.precision import fastest_inference_precision
 from cxrdemo.preprocess import Preprocessing
 from cxrdemo.registry import write_model
 from cxrdemo.tasks import get_task
 from cxrdemo.tensor_cache import load_pixels
 from cxrdemo.training import TrainResult
-
-HEADLINE_DROP = ("roc", "pr")  # long curve point lists stay in the predictions file, not the card
-
 
 # The decision rule, written down before any test evaluation (docs/DECISIONS.md): a network trained
 # with the class-balanced loss estimates the posterior at equal class priors, so p >= 0.5 (argmax;
@@ -50,16 +47,6 @@ def threshold_rule(cfg) -> str:
 
 def default_model_id(arch: str, task: str) -> str:
     return arch if arch == "autoencoder" else f"{arch}-{task}"
-
-
-def report(task_name: str, y: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int = 1000) -> dict:
-    """Metrics with bootstrap intervals, curves dropped (they are recomputed from predictions)."""
-    task = get_task(task_name)
-    if task.num_classes == 2:
-        full = binary_report(y, probs[:, 1], threshold, n_boot=n_boot)
-    else:
-        full = multiclass_report(y, probs, task.classes, n_boot=n_boot)
-    return {k: v for k, v in full.items() if k not in HEADLINE_DROP}
 
 
 def prediction_rows(

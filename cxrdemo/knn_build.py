@@ -15,9 +15,8 @@ import torch
 
 from cxrdemo.card import ModelCard
 from cxrdemo.data import load_dataset, patient_split
-from cxrdemo.finalize import report
 from cxrdemo.knn import embed_pixels, neighbour_probabilities
-from cxrdemo.metrics import auroc
+from cxrdemo.metrics import auroc, report
 from cxrdemo.registry import load_model, write_model
 from cxrdemo.tasks import get_task
 from cxrdemo.tensor_cache import load_pixels

@@ -27,6 +27,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from cxrdemo.tasks import get_task
+
 _CI_PERCENTILES = (2.5, 97.5)
 _CHUNK_ELEMENTS = 2_000_000  # bound on resample-count matrix size (float64), about 16 MB
 
@@ -343,3 +345,16 @@ def multiclass_report(
         },
         "ece": {"value": reliability(pred == y, confidence)["ece"]},
     }
+
+
+HEADLINE_DROP = ("roc", "pr")  # long curve point lists stay in the predictions file, not the card
+
+
+def report(task_name: str, y: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int = 1000) -> dict:
+    """A card's metrics for one split, with bootstrap intervals; curves dropped (predictions keep them)."""
+    task = get_task(task_name)
+    if task.num_classes == 2:
+        full = binary_report(y, probs[:, 1], threshold, n_boot=n_boot)
+    else:
+        full = multiclass_report(y, probs, task.classes, n_boot=n_boot)
+    return {k: v for k, v in full.items() if k not in HEADLINE_DROP}

@@ -23,10 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-from cxrdemo.cli import build_parser, train_command, train_config
 from cxrdemo.finalize import default_model_id
 from cxrdemo.paths import weights_dir
 from cxrdemo.runlog import read_json
+from cxrdemo.training.command import parse_train_args, train_command
 
 Plan = list[tuple[str, str, list[str]]]  # (arch, task, extra `train` arguments)
 
@@ -84,8 +84,8 @@ def run(cmd: list[str], dry_run: bool = False) -> None:
 
 def planned_config(arch: str, task: str, extra: list[str], out: Path, data: str) -> dict:
     """The TrainConfig (as a dict) that `train` would run for this plan entry."""
-    argv = train_command(arch, task, data=data, out=out, extra=extra)[3:]  # after "python -m cxrdemo"
-    cfg, _ = train_config(build_parser().parse_args(argv))
+    argv = train_command(arch, task, data=data, out=out, extra=extra)[4:]  # after "python -m cxrdemo train"
+    cfg, _ = parse_train_args(argv)
     return cfg.to_dict()
 
 

@@ -17,7 +17,8 @@ import pytest
 from cxrdemo import performance
 from cxrdemo.calibration import apply_temperature
 from cxrdemo.data import load_dataset
-from cxrdemo.finalize import prediction_rows, report
+from cxrdemo.finalize import prediction_rows
+from cxrdemo.metrics import report
 from cxrdemo.paths import SAMPLE_DIR
 from cxrdemo.predict import Predictor
 from cxrdemo.registry import list_cards, write_model
