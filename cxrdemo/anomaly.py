@@ -15,6 +15,7 @@ from cxrdemo.calibration import anomaly_threshold
 from cxrdemo.card import ModelCard
 from cxrdemo.forward import reconstruction_errors
 from cxrdemo.metrics import auroc
+from cxrdemo.tasks import NORMAL, PNEUMONIA
 
 THRESHOLD_QUANTILE = 0.99
 
@@ -35,12 +36,12 @@ def finalize_autoencoder(result, *, model_id: str = "autoencoder") -> dict:
     threshold = anomaly_threshold(val_scores, THRESHOLD_QUANTILE)
     test = dataset.split("test")
     tables = [
-        pd.DataFrame({"path": result.data.val.frame["path"], "split": "val", "label": "NORMAL", "score": val_scores})
+        pd.DataFrame({"path": result.data.val.frame["path"], "split": "val", "label": NORMAL, "score": val_scores})
     ]
     metrics: dict = {"val_normal": {"n": int(len(val_scores)), "flagged": float(np.mean(val_scores > threshold))}}
     if len(test):
         scores = reconstruction_errors(result.model, load_pixels(dataset, test, cfg.input_size).to(device))
-        is_pneumonia = (test["label"] == "PNEUMONIA").to_numpy()
+        is_pneumonia = (test["label"] == PNEUMONIA).to_numpy()
         metrics["test"] = {
             "n": int(len(test)),
             "flagged": float(np.mean(scores > threshold)),

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdemo.paths import data_dir
-from cxrdemo.tasks import Task
+from cxrdemo.tasks import BINARY, PNEUMONIA, Task
 
 SPLITS = ("train", "test", "val")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
@@ -27,7 +27,7 @@ _NORMAL = re.compile(r"^((?:NORMAL2-)?IM-\d+)", re.IGNORECASE)
 def parse_file_name(name: str, label: str) -> tuple[str, str]:
     """(subtype, patient_id) from an original Kermany file name."""
     stem = Path(name).stem
-    if label == "PNEUMONIA":
+    if label == PNEUMONIA:
         match = _PERSON.match(stem)
         if match:
             return match.group(2).lower(), match.group(1).lower()
@@ -39,7 +39,7 @@ def parse_file_name(name: str, label: str) -> tuple[str, str]:
 def _walk(root: Path) -> pd.DataFrame:
     rows = []
     for split in SPLITS:
-        for label in ("NORMAL", "PNEUMONIA"):
+        for label in BINARY.classes:  # the folder names are the class names
             folder = root / split / label
             if not folder.is_dir():
                 continue

@@ -12,7 +12,7 @@ from cxrdemo.knn import embed_pixels, memory_probabilities
 from cxrdemo.metrics import report
 from cxrdemo.precision import serving_precision
 from cxrdemo.predict import Predictor
-from cxrdemo.tasks import get_task
+from cxrdemo.tasks import NORMAL, get_task
 from cxrdemo.tensor_cache import load_pixels
 
 SPLITS = ("test", "val", "official_val")
@@ -28,7 +28,7 @@ def split_frame(dataset: Dataset, card: dict, split: str):
         training = card.get("training", {})
         frame = dataset.split("train")
         if card.get("kind") == "autoencoder":
-            frame = frame[frame["label"] == "NORMAL"]
+            frame = frame[frame["label"] == NORMAL]
         return patient_split(frame, val_fraction=training.get("val_fraction", 0.15), seed=training.get("seed", 0))[1]
     raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 

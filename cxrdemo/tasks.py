@@ -20,6 +20,10 @@ class Task:
         """Index of the class whose probability is thresholded (binary) or summed as 'disease'."""
         return 1
 
+    @property
+    def positive(self) -> str:
+        return self.classes[self.positive_index]
+
 
 TASKS: dict[str, Task] = {
     "binary": Task("binary", ("NORMAL", "PNEUMONIA"), "label"),
@@ -32,3 +36,7 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}") from None
+
+
+BINARY = TASKS["binary"]
+NORMAL, PNEUMONIA = BINARY.classes  # the manifest's `label` values

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from cxrdemo.data import Dataset, load_dataset, patient_split
-from cxrdemo.tasks import get_task
+from cxrdemo.tasks import NORMAL, get_task
 from cxrdemo.tensor_cache import load_pixels
 from cxrdemo.training.config import TrainConfig
 
@@ -44,7 +44,7 @@ def prepare_data(cfg: TrainConfig, device: torch.device) -> PreparedData:
     dataset = load_dataset(cfg.data)
     frame = dataset.split("train")
     if cfg.arch == "autoencoder":
-        frame = frame[frame["label"] == "NORMAL"].reset_index(drop=True)
+        frame = frame[frame["label"] == NORMAL].reset_index(drop=True)
     if cfg.subset:
         frame = stratified_subset(frame, cfg.subset, "subtype", cfg.seed)
     train_frame, val_frame = patient_split(frame, val_fraction=cfg.val_fraction, seed=cfg.seed)
