@@ -79,11 +79,15 @@ class Predictor:
         return ids[0]
 
     def warm_up(self) -> None:
-        """Load the default model (with what Grad-CAM needs) and the autoencoder; errors are kept, not raised."""
+        """Load the default model and the autoencoder; errors are kept, not raised.
+
+        pytorch-grad-cam (and matplotlib with it, 3.6 s on 2 cores) is not imported here: the default
+        heatmap takes explain's one-pass fast path, which needs neither, and importing it here competed
+        with the first request for the CPU. Only another CAM method pays for it, on first use.
+        """
         try:
             self.get(self.default_model_id())
             self.autoencoder()
-            import pytorch_grad_cam  # noqa: F401  (first CAM otherwise pays for this import)
         except (ModelLoadError, OSError, ValueError) as err:
             self.errors.setdefault("warm-up", str(err))
 
