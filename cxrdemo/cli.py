@@ -179,7 +179,9 @@ def _write_cam(predictor, image, model_id: str, method: str, out_dir: Path) -> P
     from cxrdemo.explain import explain
 
     network_id, network = predictor.explain_network(model_id)
-    explanation = explain(network.module, image.pixels, network.preprocessing, method=method)
+    explanation = explain(
+        network.module, image.pixels, network.preprocessing, method=method, precision=network.precision
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{Path(image.name).stem}.{network_id}.{method}.png"
     Image.fromarray(explanation.overlay).save(path)

@@ -108,7 +108,14 @@ def heatmap(pred: Predictor, pixels: np.ndarray, model_id: str, *, method: str, 
     classes = network.classes
     if target not in classes:
         raise ValueError(f"class {target!r} is not one of {network.id}'s classes ({', '.join(classes)})")
-    result = explain(network.module, pixels, network.preprocessing, method=method, target_class=classes.index(target))
+    result = explain(
+        network.module,
+        pixels,
+        network.preprocessing,
+        method=method,
+        target_class=classes.index(target),
+        precision=network.precision,
+    )
     heat = np.rint(np.clip(result.heatmap, 0.0, 1.0) * 255).astype(np.uint8)
     return Heatmap(heat, network.id, target, note)
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from cxrdemo.models import Classifier, cam_target_layer
+from cxrdemo.precision import autocast
 from cxrdemo.preprocess import Preprocessing, to_input
 
 # method name -> pytorch-grad-cam class name; the library (and matplotlib with it) is imported on first
@@ -160,13 +161,14 @@ def _normalise(cam: torch.Tensor) -> torch.Tensor:
 
 
 def _fast_gradcam(
-    model: Classifier, x: torch.Tensor, target_class: int | None
+    model: Classifier, x: torch.Tensor, target_class: int | None, precision: str = "fp32"
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     # inference_mode(False): a caller inside torch.inference_mode() would otherwise get inference tensors,
     # which cannot require grad.
     with torch.inference_mode(False):
-        with torch.no_grad():
-            feats = model.features(x)  # the whole trunk, once, without building a graph
+        with torch.no_grad(), autocast(x.device, precision):
+            # the whole trunk, once, without building a graph (as `forward.classify` runs it)
+            feats = model.features(x).float()
         activations = feats.detach().requires_grad_()
         with torch.enable_grad():
             logits = model.head(activations)
@@ -181,7 +183,7 @@ def _fast_gradcam(
 
 
 def fast_gradcam(
-    model: Classifier, x: torch.Tensor, target_class: int | None = None
+    model: Classifier, x: torch.Tensor, target_class: int | None = None, precision: str = "fp32"
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Logits (1, C) and the Grad-CAM of `model.features[-1]` for a (1, 1, S, S) input, from one forward.
 
@@ -193,7 +195,7 @@ def fast_gradcam(
     cam_target_layer(model)  # raises for anything but a Classifier
     _check_target(model, target_class)
     with _in_eval_mode(model, hooks=False):
-        logits, cam, _ = _fast_gradcam(model, x, target_class)
+        logits, cam, _ = _fast_gradcam(model, x, target_class, precision)
     return logits, cam.float().cpu().numpy()
 
 
@@ -263,10 +265,12 @@ def explain(
     target_class: int | None = None,
     opacity: float = 0.4,
     layer: torch.nn.Module | None = None,
+    precision: str = "fp32",
 ) -> Explanation:
     """Explain one grayscale uint8 image (HxW): logits, heatmap and overlay at the image's resolution.
 
-    `target_class` None explains the predicted class; `layer` None is `cam_target_layer(model)`.
+    `target_class` None explains the predicted class; `layer` None is `cam_target_layer(model)`;
+    `precision` is the trunk's on the fast path (the model's serving precision, `LoadedModel.precision`).
     Safe to call from several threads with one shared model.
     """
     if method not in CAM_METHODS:
@@ -283,7 +287,7 @@ def explain(
         x = to_input(pixels, spec).to(next(model.parameters()).device)
     if method == "gradcam" and layer is default_layer:
         with _in_eval_mode(model, hooks=False):
-            logits, cam, c = _fast_gradcam(model, x, target_class)
+            logits, cam, c = _fast_gradcam(model, x, target_class, precision)
     else:
         logits, cam, c = _library_cam(model, x, method, layer, target_class)
 

@@ -33,12 +33,22 @@ def batched(
     return torch.cat(outs) if outs else torch.zeros((0, 0))
 
 
+def classify(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """Logits of a `Classifier`: the trunk at `precision` (bf16 where it is faster), the head in fp32.
+
+    Serving, evaluation and the Grad-CAM fast path all compute logits this way, so their numbers agree.
+    """
+    with autocast(x.device, precision):
+        features = model.features(x)
+    return model.head(features.float())
+
+
 def predict_logits(
     model: nn.Module, pixels: torch.Tensor, spec: Preprocessing, *, precision: str = "fp32", batch_size: int = 128
 ) -> torch.Tensor:
     """Logits (N, C) for uint8 pixels (N, S, S), no augmentation."""
     return batched(
-        model, pixels, lambda b: normalize(b, spec), lambda m, x: m(x), precision=precision, batch_size=batch_size
+        model, pixels, lambda b: normalize(b, spec), lambda m, x: classify(m, x, precision), batch_size=batch_size
     )
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from cxrdemo.calibration import apply_temperature
 from cxrdemo.explain import Explanation, explain
+from cxrdemo.forward import classify
 from cxrdemo.imaging import LoadedImage
 from cxrdemo.knn import memory_probabilities
 from cxrdemo.ood import statistics_distance
@@ -138,7 +139,7 @@ class Predictor:
             backbone = self.get(model.card["backbone"])
             query = F.normalize(backbone.module.embed(to_input(pixels, backbone.preprocessing)), dim=1).numpy()
             return memory_probabilities(model, query)[0], model
-        logits = model.module(to_input(pixels, model.preprocessing)).numpy()
+        logits = classify(model.module, to_input(pixels, model.preprocessing), model.precision).numpy()
         return apply_temperature(logits, model.temperature)[0], model
 
     def predict(self, image: LoadedImage, model_id: str | None = None, *, with_subtype: bool = True) -> Prediction:
@@ -178,6 +179,7 @@ class Predictor:
             method=method,
             target_class=target_class,
             opacity=opacity,
+            precision=network.precision,
         )
         if network_id == model_id:
             probs = apply_temperature(explanation.logits[None], network.temperature)[0]

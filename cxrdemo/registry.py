@@ -50,6 +50,13 @@ class LoadedModel:
         return Preprocessing.from_dict(self.card.get("preprocessing", {}))
 
     @property
+    def precision(self) -> str:
+        """What the network runs in here: the card's measured choice, fp32 where bf16 would be emulated."""
+        from cxrdemo.precision import serving_precision
+
+        return serving_precision(self.card.get("inference_precision"), torch.device("cpu"))
+
+    @property
     def temperature(self) -> float:
         return ModelCard.from_dict(self.card).temperature
 
