@@ -4,5 +4,5 @@ import streamlit as st
 
 from cxrdemo.ui import navigation
 
-st.set_page_config(page_title="cxrdemo", page_icon="🫁", layout="wide")
+st.set_page_config(page_title="cxrdemo", page_icon=":material/pulmonology:", layout="wide")
 navigation()

@@ -14,12 +14,13 @@ from cxrdemo.predict import Predictor
 
 NOTICE = "Research demo, not for clinical use: predictions are not a diagnosis."
 MODEL_KEY = "active_model"
-# (file, title, icon) of every page; app.py builds the navigation from this list
+# (file, title, icon) of every page; app.py builds the navigation from this list. Material icons, not
+# emoji: emoji render as empty boxes on a machine without an emoji font.
 PAGES = [
-    ("pages/diagnose.py", "Diagnose", "🩻"),
-    ("pages/explorer.py", "Dataset explorer", "🗂️"),
-    ("pages/performance.py", "Model performance", "📈"),
-    ("pages/admin.py", "Admin", "🔐"),
+    ("pages/diagnose.py", "Diagnose", ":material/radiology:"),
+    ("pages/explorer.py", "Dataset explorer", ":material/photo_library:"),
+    ("pages/performance.py", "Model performance", ":material/monitoring:"),
+    ("pages/admin.py", "Admin", ":material/admin_panel_settings:"),
 ]
 _NAVIGATION_RAN = "_cxrdemo_navigation_ran"
 _DEEP_LINK = "_cxrdemo_deep_link"
@@ -72,12 +73,13 @@ def active_model(pred: Predictor) -> str | None:
     return current
 
 
-def page_frame(title: str, icon: str = "") -> Predictor:
-    """Title, notice and sidebar shared by every page."""
+def page_frame(title: str) -> Predictor:
+    """Title (with the page's icon from PAGES), notice and sidebar shared by every page."""
     if not st.session_state.get(_NAVIGATION_RAN):
         st.session_state[_DEEP_LINK] = next((path for path, name, _ in PAGES if name == title), PAGES[0][0])
         st.switch_page("app.py")
     pred = predictor()
+    icon = next((icon for _, name, icon in PAGES if name == title), "")
     st.title(f"{icon} {title}".strip())
     st.caption(NOTICE)
     with st.sidebar:

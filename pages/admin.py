@@ -264,7 +264,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
-pred = page_frame("Admin", "🔐")
+pred = page_frame("Admin")
 password = configured_password()
 if password is None:
     st.info(

@@ -29,7 +29,7 @@ SINGLE, COMPARE = "Single model", "Compare all"
 PREDICTED = "predicted class"  # heatmap target option: whichever class this image was given
 EXAMPLE_KEY = "_diagnose_example"  # the example on show (an Example); "diagnose_example" is the explorer's hand-over
 
-pred = page_frame("Diagnose", "🩻")
+pred = page_frame("Diagnose")
 model_id = active_model(pred)
 if model_id is None:
     st.info("No binary classifier is installed yet: train and promote one on the Admin page.")
@@ -155,7 +155,7 @@ def _show_prediction(prediction: Prediction, index: int) -> None:
         diagnosis.probability_figure(prediction), key=f"probabilities_{index}", config={"displayModeBar": False}
     )
     for warning in prediction.warnings:
-        st.warning(warning, icon="⚠️")
+        st.warning(warning, icon=":material/warning:")
     if prediction.ood is False and prediction.ood_score is not None:
         st.caption(f"Looks like a chest X-ray like the training data (autoencoder score {prediction.ood_score:.4f}).")
     if prediction.subtype:

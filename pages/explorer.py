@@ -101,7 +101,7 @@ def detail_ui(root: str, dataset: Dataset, frame) -> None:
         st.table(explore.record_rows(info), hide_index=True, hide_header=True)
         if info["duplicates"]:
             st.warning(f"Byte-identical to {len(info['duplicates'])} other file(s): " + ", ".join(info["duplicates"]))
-        if st.button("Send to Diagnose", type="primary", icon="🩻", key="send_to_diagnose"):
+        if st.button("Send to Diagnose", type="primary", icon=":material/radiology:", key="send_to_diagnose"):
             st.session_state["diagnose_example"] = selected
             st.switch_page("pages/diagnose.py")
 
@@ -181,7 +181,7 @@ def statistics_ui(stats: dict) -> None:
         )
 
 
-page_frame("Dataset explorer", "🗂️")
+page_frame("Dataset explorer")
 root = str(data_dir())
 try:
     dataset = dataset_at(root)

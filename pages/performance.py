@@ -270,7 +270,7 @@ def gallery_ui(pred, model_id: str, split: str, threshold: float | None, card: d
         st.dataframe(mistakes.drop(columns=["predicted_index"]), hide_index=True, width="stretch")
 
 
-pred = page_frame("Model performance", "📈")
+pred = page_frame("Model performance")
 cards = performance.evaluated_cards()
 if not cards:
     st.info("No installed model has stored predictions yet. Train and promote one from the Admin page.")
