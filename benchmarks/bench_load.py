@@ -15,7 +15,7 @@ import time
 
 from playwright.sync_api import expect, sync_playwright
 
-from benchmarks.bench_app import CHROMIUM, serve
+from benchmarks.streamlit_server import CHROMIUM, CHROMIUM_ARGS, serve
 from cxrdemo.paths import SAMPLE_DIR
 
 TIMEOUT_MS = 120_000
@@ -55,7 +55,7 @@ def main() -> None:
     print("| sessions | uploads | p50 s | p95 s | throughput uploads/s | command |")
     print("|---|---|---|---|---|---|")
     with serve() as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         run_sessions(browser, url, 1, 1, files)  # warm the server: models load once per process
         for n in args.sessions:
             lat, wall = run_sessions(browser, url, n, args.rounds, files)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from benchmarks.streamlit_server import CHROMIUM, CHROMIUM_ARGS, serve
 from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
+from tests.weights_snapshot import snapshot_weights
 
 FULL_DATA = Path(os.environ.get("CXRDEMO_DATA") or REPO_ROOT.parent / "shared" / "data" / "chest_xray")
 
@@ -35,26 +38,35 @@ def sample_jpeg_bytes(sample_dir: Path) -> bytes:
     return path.read_bytes()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The whole session reads one consistent snapshot of the weights, never the live folder.
+
+    A training campaign may promote a model into `weights/` while the suite runs; every test, AppTest
+    and server started here sees the snapshot instead (CXRDEMO_WEIGHTS, inherited by subprocesses).
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    session = Path(tempfile.mkdtemp(prefix="cxrdemo-tests-"))
+    config._cxrdemo_session_dir = session  # type: ignore[attr-defined]
+    os.environ["CXRDEMO_WEIGHTS"] = str(snapshot_weights(session / "weights"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = getattr(config, "_cxrdemo_session_dir", None)
+    if session is not None:
+        shutil.rmtree(session, ignore_errors=True)
+
+
 @pytest.fixture()
 def weights_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private copy of `weights/` that the test may change; CXRDEMO_WEIGHTS points at it."""
-    target = tmp_path / "weights"
-    shutil.copytree(REPO_ROOT / "weights", target, ignore=shutil.ignore_patterns(".rollback"))  # as in a clean clone
+    """A private copy of the session's weights that the test may change; CXRDEMO_WEIGHTS points at it."""
+    target = snapshot_weights(tmp_path / "weights")
     monkeypatch.setenv("CXRDEMO_WEIGHTS", str(target))
     return target
 
 
 # --- real browser: pytest-playwright with the system Chromium and a Streamlit server ---------------
 # (recipe: ../shared/guides/browser-tests.md, verified with Streamlit 1.67 and Debian's Chromium)
-import shutil as _shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-
-CHROMIUM = os.environ.get("E2E_CHROMIUM") or _shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="session")
@@ -64,19 +76,7 @@ def browser_type_launch_args(browser_type_launch_args):
         if os.environ.get("CI"):
             pytest.fail(message)  # CI must not go green by skipping the browser test
         pytest.skip(message)
-    return {
-        **browser_type_launch_args,
-        "executable_path": CHROMIUM,
-        "args": [
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ],
-    }
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
 
 
 @pytest.fixture(scope="session")
@@ -84,71 +84,16 @@ def browser_context_args(browser_context_args):
     return {**browser_context_args, "viewport": {"width": 1400, "height": 1000}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def streamlit_server(tmp_path_factory):
     """`streamlit run app.py` on a free loopback port, with admin enabled and private runs/weights."""
-    port = int(os.environ.get("E2E_PORT") or _free_port())
     work = tmp_path_factory.mktemp("server")
     log = work / "server.log"
-    weights = work / "weights"
-    _shutil.copytree(REPO_ROOT / "weights", weights, ignore=_shutil.ignore_patterns(".rollback"))
     env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
         "CXRDEMO_ADMIN_PASSWORD": "e2e-secret",
         "CXRDEMO_RUNS": str(work / "runs"),
-        "CXRDEMO_WEIGHTS": str(weights),
+        "CXRDEMO_WEIGHTS": str(snapshot_weights(work / "weights")),
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app.py",
-        "--server.headless",
-        "true",
-        "--server.address",
-        "127.0.0.1",
-        "--server.port",
-        str(port),
-        "--server.fileWatcherType",
-        "none",
-        "--server.runOnSave",
-        "false",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-        )
-    try:
-        deadline = time.monotonic() + 60
-        url = f"http://127.0.0.1:{port}"
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited rc={proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(log.read_text()[-4000:])
-            time.sleep(0.2)
+    port = int(os.environ["E2E_PORT"]) if os.environ.get("E2E_PORT") else None
+    with serve(env, log, port) as url:
         yield {"url": url, "log": log, "password": "e2e-secret"}
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)

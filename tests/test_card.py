@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from cxrdemo.card import CardError, ModelCard
-from cxrdemo.paths import REPO_ROOT
+from cxrdemo.paths import REPO_ROOT, weights_dir
 from cxrdemo.registry import ModelLoadError, list_cards, load_card
 
-SHIPPED = sorted((REPO_ROOT / "weights").glob("*.json"))
+SHIPPED = sorted(weights_dir().glob("*.json"))  # the session snapshot (tests/conftest.py)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
@@ -67,3 +67,10 @@ def test_an_invalid_card_is_listed_with_its_reason_and_refused_alone(tmp_path: P
     assert cards["good"]["temperature"] == 1.5
     with pytest.raises(ModelLoadError, match=r"model bad: its card bad.json is invalid \(field 'classes'"):
         load_card("bad", tmp_path)
+
+
+def test_the_suite_reads_a_snapshot_of_the_weights_not_the_live_folder() -> None:
+    """A campaign promoting into weights/ mid-run cannot change what the tests see (tests/conftest.py)."""
+    assert weights_dir().resolve() != (REPO_ROOT / "weights").resolve()
+    cards = list_cards(weights_dir())
+    assert cards and not [model_id for model_id, card in cards.items() if "error" in card]

@@ -1,4 +1,4 @@
-"""A consistent private copy of the shipped weights for tests that read them."""
+"""The one way tests copy weights: a consistent private copy (never a promotion caught halfway)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ import shutil
 import time
 from pathlib import Path
 
-from cxrdemo.paths import REPO_ROOT
+from cxrdemo.paths import weights_dir
 from cxrdemo.registry import list_cards, sha256_file
 
 
-def snapshot_weights(target: Path) -> Path:
-    """Copy the shipped weights; copy again if a promotion was caught halfway (card and weights disagree)."""
+def snapshot_weights(target: Path, source: Path | None = None) -> Path:
+    """Copy `source` (default: the weights folder in use) without its rollback copies, as in a clean clone;
+    copy again if a promotion was caught halfway (a card and its weights disagree)."""
+    source = source or weights_dir()
     for _ in range(5):
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(REPO_ROOT / "weights", target, ignore=shutil.ignore_patterns(".rollback"))
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns(".rollback"))
         cards = list_cards(target)
         if all(
             "error" not in card
