@@ -86,11 +86,11 @@ def finalize_autoencoder(result, *, model_id: str = "autoencoder") -> dict:
 
 def fit_image_statistics(dataset, val_fraction: float, seed: int) -> dict:
     """The second out-of-distribution signal (see `cxrdemo.ood`), fitted on all training images."""
-    from cxrdemo.data import patient_split
+    from cxrdemo.data import validation_split
     from cxrdemo.ood import STATISTICS_SIZE, fit_statistics
     from cxrdemo.tensor_cache import load_pixels
 
-    train_side, val_side = patient_split(dataset.split("train"), val_fraction=val_fraction, seed=seed)
+    train_side, val_side = validation_split(dataset, val_fraction=val_fraction, seed=seed)
     return fit_statistics(
         load_pixels(dataset, train_side, STATISTICS_SIZE), load_pixels(dataset, val_side, STATISTICS_SIZE)
     )

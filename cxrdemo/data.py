@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdemo.paths import data_dir
-from cxrdemo.tasks import BINARY, PNEUMONIA, Task
+from cxrdemo.tasks import BINARY, NORMAL, PNEUMONIA, Task
 
 SPLITS = ("train", "test", "val")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
@@ -156,3 +156,46 @@ def patient_split(
             taken += counts[pid]
     is_val = frame["patient_id"].isin(val_patients)
     return frame[~is_val].reset_index(drop=True), frame[is_val].reset_index(drop=True)
+
+
+def stratified_subset(frame: pd.DataFrame, n: int, column: str, seed: int) -> pd.DataFrame:
+    """About `n` rows of `frame`, keeping the share of each value of `column` (at least 2 of each)."""
+    if n >= len(frame):
+        return frame
+    share = n / len(frame)
+    parts = [g.sample(min(len(g), max(2, round(len(g) * share))), random_state=seed) for _, g in frame.groupby(column)]
+    return pd.concat(parts).reset_index(drop=True)
+
+
+def validation_split(
+    dataset: Dataset,
+    *,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    subset: int | None = None,
+    normal_only: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train side, validation side) of the training split: the one place the validation set is built.
+
+    In this order: NORMAL images only (the autoencoder), a stratified `subset` (`train --subset`), then
+    the patient-grouped split. Training, evaluation, k-NN, the OOD statistics and the saliency benchmark
+    all call this, so `evaluate --split val` scores exactly the images a model was validated on.
+    """
+    frame = dataset.split("train")
+    if normal_only:
+        frame = frame[frame["label"] == NORMAL].reset_index(drop=True)
+    if subset:
+        frame = stratified_subset(frame, subset, "subtype", seed)
+    return patient_split(frame, val_fraction=val_fraction, seed=seed)
+
+
+def card_validation_split(dataset: Dataset, card: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`validation_split` with the recipe an installed model card records (defaults for cards without one)."""
+    training = card.get("training") or {}
+    return validation_split(
+        dataset,
+        val_fraction=training.get("val_fraction", 0.15),
+        seed=training.get("seed", 0),
+        subset=training.get("subset"),
+        normal_only=card.get("kind") == "autoencoder",
+    )

@@ -6,13 +6,13 @@ import numpy as np
 import torch
 
 from cxrdemo.calibration import apply_temperature
-from cxrdemo.data import Dataset, load_dataset, patient_split
+from cxrdemo.data import Dataset, card_validation_split, load_dataset
 from cxrdemo.forward import predict_logits
 from cxrdemo.knn import embed_pixels, memory_probabilities
 from cxrdemo.metrics import report
 from cxrdemo.precision import serving_precision
 from cxrdemo.predict import Predictor
-from cxrdemo.tasks import NORMAL, get_task
+from cxrdemo.tasks import get_task
 from cxrdemo.tensor_cache import load_pixels
 
 SPLITS = ("test", "val", "official_val")
@@ -25,11 +25,7 @@ def split_frame(dataset: Dataset, card: dict, split: str):
     if split == "official_val":
         return dataset.split("val")
     if split == "val":
-        training = card.get("training", {})
-        frame = dataset.split("train")
-        if card.get("kind") == "autoencoder":
-            frame = frame[frame["label"] == NORMAL]
-        return patient_split(frame, val_fraction=training.get("val_fraction", 0.15), seed=training.get("seed", 0))[1]
+        return card_validation_split(dataset, card)[1]
     raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from cxrdemo.card import ModelCard
-from cxrdemo.data import load_dataset, patient_split
+from cxrdemo.data import card_validation_split, load_dataset
 from cxrdemo.knn import embed_pixels, neighbour_probabilities
 from cxrdemo.metrics import auroc, report
 from cxrdemo.registry import load_model, write_model
@@ -32,9 +32,7 @@ def build_knn(
     training = backbone.card["training"]
     task = get_task(backbone.card["task"])
     dataset = load_dataset(data)
-    train_side, val_side = patient_split(
-        dataset.split("train"), val_fraction=training["val_fraction"], seed=training["seed"]
-    )
+    train_side, val_side = card_validation_split(dataset, backbone.card)
     size = backbone.preprocessing.input_size
     backbone.module.to(device)
     embed = {

@@ -189,3 +189,25 @@ def test_augment_keeps_shape_and_range_and_is_seeded(sample_dir: Path, private_c
     assert torch.equal(out, same)
     other = augment(batch, cfg, torch.Generator().manual_seed(4))
     assert not torch.allclose(out, other)
+
+
+def test_evaluation_validates_on_the_images_training_validated_on(sample_dir: Path, private_cache: Path):
+    """`evaluate --split val` of a model trained with --subset scores the subset's validation side."""
+    from cxrdemo.data import card_validation_split
+    from cxrdemo.evaluate import split_frame
+    from cxrdemo.training.config import TrainConfig
+    from cxrdemo.training.data import prepare_data
+
+    dataset = load_dataset(sample_dir)
+    for arch, subset, kind in (("cnn4", 24, "classifier"), ("autoencoder", None, "autoencoder")):
+        cfg = TrainConfig(arch=arch, task="binary", data=str(sample_dir), subset=subset, input_size=32, seed=3)
+        prepared = prepare_data(cfg, torch.device("cpu"))
+        card = {"kind": kind, "training": cfg.to_dict()}
+        trained_on, validated_on = (set(side.frame["path"]) for side in (prepared.train, prepared.val))
+        assert set(split_frame(dataset, card, "val")["path"]) == validated_on
+        assert set(card_validation_split(dataset, card)[0]["path"]) == trained_on
+        assert not trained_on & validated_on
+    # with --subset the validation side differs from the full split's: the check above is not trivial
+    full_val = set(split_frame(dataset, {"kind": "classifier", "training": {"seed": 3}}, "val")["path"])
+    subset_cfg = TrainConfig(arch="cnn4", task="binary", data=str(sample_dir), subset=24, input_size=32, seed=3)
+    assert set(prepare_data(subset_cfg, torch.device("cpu")).val.frame["path"]) != full_val

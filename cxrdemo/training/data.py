@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from cxrdemo.data import Dataset, load_dataset, patient_split
-from cxrdemo.tasks import NORMAL, get_task
+from cxrdemo.data import Dataset, load_dataset, validation_split
+from cxrdemo.tasks import get_task
 from cxrdemo.tensor_cache import load_pixels
 from cxrdemo.training.config import TrainConfig
 
@@ -29,25 +29,13 @@ class PreparedData:
     val: SplitData
 
 
-def stratified_subset(frame: pd.DataFrame, n: int, column: str, seed: int) -> pd.DataFrame:
-    """About `n` rows of `frame`, keeping the share of each value of `column` (at least 2 of each)."""
-    if n >= len(frame):
-        return frame
-    share = n / len(frame)
-    parts = [g.sample(min(len(g), max(2, round(len(g) * share))), random_state=seed) for _, g in frame.groupby(column)]
-    return pd.concat(parts).reset_index(drop=True)
-
-
 def prepare_data(cfg: TrainConfig, device: torch.device) -> PreparedData:
     """Load, subset and patient-split the training split, decode it once, move it to `device`."""
     task = get_task(cfg.task)
     dataset = load_dataset(cfg.data)
-    frame = dataset.split("train")
-    if cfg.arch == "autoencoder":
-        frame = frame[frame["label"] == NORMAL].reset_index(drop=True)
-    if cfg.subset:
-        frame = stratified_subset(frame, cfg.subset, "subtype", cfg.seed)
-    train_frame, val_frame = patient_split(frame, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    train_frame, val_frame = validation_split(
+        dataset, val_fraction=cfg.val_fraction, seed=cfg.seed, subset=cfg.subset, normal_only=cfg.arch == "autoencoder"
+    )
     sides = []
     for part in (train_frame, val_frame):
         pixels = load_pixels(dataset, part, cfg.input_size).to(device)
