@@ -7,7 +7,8 @@ squashed copies (see the dataset README): serving must see the same geometry.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -57,3 +58,25 @@ def to_unit(pixels: np.ndarray, size: int) -> torch.Tensor:
     """One grayscale uint8 image -> (1, 1, S, S) float in [0, 1] (the autoencoder's input)."""
     square = resize_square(pixels, size)
     return torch.from_numpy(np.array(square, dtype=np.uint8))[None, None].float() / 255.0
+
+
+class Images(Protocol):
+    """A batch of images a model can ask for at its own input size (ensemble members differ)."""
+
+    def at(self, size: int) -> torch.Tensor:
+        """(N, size, size) uint8, squashed like `resize_square`."""
+        ...
+
+
+@dataclass
+class PixelImages:
+    """In-memory grayscale uint8 images of any size (one upload is a batch of one)."""
+
+    pixels: list[np.ndarray]
+    _squares: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def at(self, size: int) -> torch.Tensor:
+        if size not in self._squares:
+            squares = [np.array(resize_square(p, size), dtype=np.uint8) for p in self.pixels]
+            self._squares[size] = torch.from_numpy(np.stack(squares))
+        return self._squares[size]

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,14 @@ def _save(array: np.ndarray, path: Path) -> None:
         logging.getLogger(__name__).warning("pixel cache not written (%s); continuing without it", err.strerror)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class DatasetImages:
+    """A dataset's rows as `preprocess.Images`: pixels at any size from the decode-once cache."""
+
+    dataset: Dataset
+    frame: pd.DataFrame
+
+    def at(self, size: int) -> torch.Tensor:
+        return load_pixels(self.dataset, self.frame, size)
