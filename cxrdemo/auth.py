@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cxrdemo.fileio import atomic_write_json
 from cxrdemo.paths import runs_dir
-from cxrdemo.runlog import atomic_write_json
 
 PASSWORD_ENV = "CXRDEMO_ADMIN_PASSWORD"
 SECRET_KEY = "admin_password"

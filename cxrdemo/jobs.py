@@ -25,8 +25,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxrdemo.fileio import atomic_write_json, read_json
 from cxrdemo.paths import REPO_ROOT, data_dir, runs_dir
-from cxrdemo.runlog import RunLog, atomic_write_json, read_json, read_metrics
+from cxrdemo.runlog import RunLog, read_metrics
 from cxrdemo.training.command import train_command
 
 JOB_FILE = "job.json"

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load, save
 
 from cxrdemo.card import CardError, ModelCard
+from cxrdemo.fileio import atomic_write_bytes, atomic_write_json
 from cxrdemo.models import create_model
 from cxrdemo.paths import weights_dir
 from cxrdemo.preprocess import Preprocessing
-from cxrdemo.runlog import atomic_write_bytes, atomic_write_json
 
 ROLLBACK_DIR = ".rollback"  # previous version of each promoted model (git-ignored)
 ARTIFACT_SUFFIXES = (".safetensors", ".json", ".predictions.csv")

@@ -1,4 +1,4 @@
-"""A training run's folder: JSON-lines metrics, status file and atomic writes.
+"""A training run's folder: JSON-lines metrics and a status file, written atomically (`cxrdemo.fileio`).
 
 Layout of RUN_DIR: `config.json`, `metrics.jsonl` (one JSON object per line, appended),
 `status.json` (state: running / finished / failed), and on success `model.safetensors`,
@@ -8,32 +8,11 @@ Layout of RUN_DIR: `config.json`, `metrics.jsonl` (one JSON object per line, app
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, json.dumps(value, indent=2, allow_nan=False).encode())
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+from cxrdemo.fileio import atomic_write_bytes, atomic_write_json, read_json
 
 
 class RunLog:

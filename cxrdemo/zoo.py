@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from cxrdemo.fileio import read_json
 from cxrdemo.finalize import default_model_id
 from cxrdemo.paths import weights_dir
-from cxrdemo.runlog import read_json
 from cxrdemo.training.command import parse_train_args, train_command
 
 Plan = list[tuple[str, str, list[str]]]  # (arch, task, extra `train` arguments)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cxrdemo.runlog import atomic_write_bytes
+from cxrdemo.fileio import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"

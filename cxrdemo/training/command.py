@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from cxrdemo.runlog import read_json
+from cxrdemo.fileio import read_json
 from cxrdemo.training.config import TrainConfig
 
 

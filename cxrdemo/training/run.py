@@ -16,10 +16,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cxrdemo.fileio import atomic_write_json
 from cxrdemo.models import create_model
 from cxrdemo.precision import resolve_precision, to_channels_last
 from cxrdemo.preprocess import Preprocessing
-from cxrdemo.runlog import RunLog, atomic_write_json, read_metrics, rewrite_metrics
+from cxrdemo.runlog import RunLog, read_metrics, rewrite_metrics
 from cxrdemo.tasks import get_task
 from cxrdemo.training.callbacks import BestWeights, Checkpoint, EarlyStopping, JsonLog, ProgressBar
 from cxrdemo.training.checkpoint import BEST, TrainState, load_checkpoint, load_torch
