@@ -30,6 +30,8 @@ from cxrdemo.registry import ModelLoadError, artifact_paths, list_cards, load_ca
 EVALUATED_KINDS = ("classifier", "knn", "ensemble")  # models that make class predictions
 SPLITS = ("test", "val", "official_val")
 SPLIT_LABELS = {"test": "test", "val": "validation (patient split of train)", "official_val": "official val (16)"}
+SALIENCY_EXAMPLES_PER_LABEL = 2  # overlays on the page: this many NORMAL and PNEUMONIA images of the sample
+OOD_MODEL_ID = "autoencoder"  # the id the Predictor loads for its out-of-distribution check
 NO_CAM_KINDS = {"knn": "k-NN votes over stored embeddings", "ensemble": "an average of other models"}
 # headline metrics per task: (key in the report, label); the first two drive the comparison chart
 BINARY_METRICS = (
@@ -372,15 +374,8 @@ def cam_unavailable(card: dict) -> str | None:
     return None
 
 
-def gradcam_overlay(
-    predictor, model_id: str, dataset: Dataset, relative: str, target_class: int | None = None
-) -> np.ndarray:
-    """HxWx3 uint8 Grad-CAM overlay for one image of `dataset` (classifiers only).
-
-    `target_class` is the class explained; pass the thresholded decision (`misclassified`'s
-    `predicted_index`), since for a binary model it can differ from the argmax that None explains.
-    """
-    from cxrdemo.explain import explain
+def _network_and_image(predictor, model_id: str, dataset: Dataset, relative: str):
+    """(the classifier's LoadedModel, the LoadedImage) for explaining one image of `dataset`."""
     from cxrdemo.imaging import load_image_file
 
     model = predictor.get(model_id)
@@ -390,5 +385,103 @@ def gradcam_overlay(
     path = image_path(dataset, relative)
     if path is None:
         raise FileNotFoundError(f"{relative} is not in the dataset at {dataset.root}")
-    image = load_image_file(path)
+    return model, load_image_file(path)
+
+
+def gradcam_overlay(
+    predictor, model_id: str, dataset: Dataset, relative: str, target_class: int | None = None
+) -> np.ndarray:
+    """HxWx3 uint8 Grad-CAM overlay for one image of `dataset` (classifiers only).
+
+    `target_class` is the class explained; pass the thresholded decision (`misclassified`'s
+    `predicted_index`), since for a binary model it can differ from the argmax that None explains.
+    """
+    from cxrdemo.explain import explain
+
+    model, image = _network_and_image(predictor, model_id, dataset, relative)
     return explain(model.module, image.pixels, model.preprocessing, target_class=target_class).overlay
+
+
+# --- saliency examples and the out-of-distribution check ------------------------------------------
+
+
+def saliency_examples(dataset: Dataset, per_label: int = SALIENCY_EXAMPLES_PER_LABEL) -> pd.DataFrame:
+    """The first `per_label` test images of each label (by path): the same examples for every model."""
+    test = dataset.split("test").sort_values("path")
+    return pd.concat([g.head(per_label) for _, g in test.groupby("label", sort=True)]).reset_index(drop=True)
+
+
+def weights_hash(model_id: str, directory: Path | None = None) -> str | None:
+    """The card's `weights_sha256`: a cache key that changes when the model is retrained."""
+    card = list_cards(_directory(directory)).get(model_id, {})
+    return card.get("weights_sha256")
+
+
+def saliency_example(predictor, model_id: str, dataset: Dataset, relative: str, method: str) -> tuple[np.ndarray, str]:
+    """(overlay, caption) of one example image: the heatmap of the class the model decides, as on Diagnose
+    (for a binary model the card's threshold decides, which can differ from the argmax)."""
+    from cxrdemo.explain import explain
+    from cxrdemo.predict import decided_class
+
+    model, image = _network_and_image(predictor, model_id, dataset, relative)
+    probabilities, _ = predictor.probabilities(image.pixels, model_id)
+    decided = decided_class(probabilities, model.classes, card_threshold(model.card))
+    target = model.classes.index(decided)
+    overlay = explain(model.module, image.pixels, model.preprocessing, method=method, target_class=target).overlay
+    label = dataset.frame.set_index("path").at[relative, "label"]
+    return overlay, f"{label} film; heatmap of {decided} (p = {probabilities[target]:.2f})"
+
+
+def saliency_coverage(results: dict, directory: Path | None = None) -> dict[str, list[str]]:
+    """Installed classifiers the benchmark left out ("missing") or measured on other weights ("stale")."""
+    cards = list_cards(_directory(directory))
+    measured = {row["model"]: row.get("weights_sha256") for row in results["rows"]}
+    classifiers = [i for i, c in cards.items() if "error" not in c and c.get("kind", "classifier") == "classifier"]
+    return {
+        "missing": [i for i in classifiers if i not in measured],
+        "stale": [i for i in classifiers if measured.get(i) and measured[i] != cards[i].get("weights_sha256")],
+    }
+
+
+def _ood_card(directory: Path | None) -> dict | None:
+    card = list_cards(_directory(directory)).get(OOD_MODEL_ID)
+    return None if card is None or "error" in card else card
+
+
+def ood_signals(directory: Path | None = None) -> pd.DataFrame | None:
+    """The out-of-distribution check's signals and thresholds, read from the installed autoencoder's card.
+
+    Columns: signal, threshold, rule (how the card says the threshold was chosen). None when no
+    autoencoder is installed (the Predictor looks for the id `autoencoder` too).
+    """
+    card = _ood_card(directory)
+    if card is None:
+        return None
+    size = card.get("preprocessing", {}).get("input_size")
+    rows = [
+        {
+            "signal": f"Autoencoder reconstruction error (mean squared error at {size} px)",
+            "threshold": card.get("threshold"),
+            "rule": card.get("threshold_rule", "–"),
+        }
+    ]
+    statistics = card.get("image_statistics")
+    if statistics:
+        rows.append(
+            {
+                "signal": f"Mahalanobis distance of image statistics (squared, at {statistics.get('size')} px)",
+                "threshold": statistics.get("threshold"),
+                "rule": statistics.get("rule", "–"),
+            }
+        )
+    return pd.DataFrame(rows, columns=["signal", "threshold", "rule"])
+
+
+def ood_flag_rates(directory: Path | None = None) -> dict[str, float]:
+    """Fractions of images the autoencoder's threshold flags, per group recorded in its card."""
+    metrics = (_ood_card(directory) or {}).get("metrics", {})
+    found = {
+        "validation normals": metrics.get("val_normal", {}).get("flagged"),
+        "test images": metrics.get("test", {}).get("flagged"),
+    }
+    return {name: float(value) for name, value in found.items() if value is not None}

@@ -2,7 +2,9 @@
 
 Pick a model and a split; metrics with 95 % bootstrap intervals, the confusion matrix at a threshold
 you choose (binary models), ROC / PR / reliability curves, a comparison of all models, and the most
-confident mistakes with Grad-CAM on request. All numbers come from `cxrdemo.performance`.
+confident mistakes with Grad-CAM on request; how faithful each CAM method's heatmaps are (the saliency
+benchmark, with live example overlays) and how the out-of-distribution check decides. All numbers come
+from `cxrdemo.performance` and `cxrdemo.saliency`.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrdemo import explore, performance
+from cxrdemo import explore, performance, saliency
 from cxrdemo.data import Dataset, load_dataset
-from cxrdemo.paths import data_dir
+from cxrdemo.explain import CAM_METHODS
+from cxrdemo.paths import SAMPLE_DIR, data_dir
 from cxrdemo.ui import MODEL_KEY, page_frame
 
 GALLERY_SIZE = 6
 GALLERY_COLUMNS = 3
 CAM_KEY = "performance_cam"
+SALIENCY_METHOD_KEY = "performance_saliency_method"
+DATAFRAME_ROW_PX = 35  # Streamlit's dataframe row height
 
 
 @st.cache_data(show_spinner="Bootstrapping 95 % intervals…", max_entries=64)
@@ -50,6 +55,12 @@ def thumbnail_of(root: str, path: str) -> bytes | None:
 @st.cache_data(show_spinner=False, max_entries=128)
 def overlay_of(_predictor, model_id: str, stamp: tuple, root: str, path: str, target: int):
     return performance.gradcam_overlay(_predictor, model_id, dataset_at(root), path, target)
+
+
+@st.cache_data(show_spinner="Computing heatmaps…", max_entries=128)
+def saliency_example_of(_predictor, model_id: str, weights: str | None, method: str, path: str):
+    """Cached per weights hash, so a retrained model never shows the old model's heatmaps."""
+    return performance.saliency_example(_predictor, model_id, dataset_at(str(SAMPLE_DIR)), path, method)
 
 
 def keep_valid(key: str, options: list) -> None:
@@ -270,6 +281,109 @@ def gallery_ui(pred, model_id: str, split: str, threshold: float | None, card: d
         st.dataframe(mistakes.drop(columns=["predicted_index"]), hide_index=True, width="stretch")
 
 
+def saliency_table_ui() -> None:
+    try:
+        results = saliency.load_results()
+    except ValueError as err:
+        st.warning(f"Cannot read the saliency benchmark results: {err}")
+        return
+    if results is None:
+        st.info("No saliency benchmark results yet: run `python -m benchmarks.bench_saliency --json`.")
+        return
+    number = {"ROAD": "%+.3f", "ROAD sd": "%.3f", "Lung share": "%.2f", "Lung area": "%.2f"}
+    number |= {"Border share": "%.2f", "ms / heatmap": "%.0f"}
+    table = saliency.results_table(results)
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        height=DATAFRAME_ROW_PX * (len(table) + 1) + 3,  # every row at once: no scrolling inside the table
+        key="saliency_table",
+        column_config={
+            column: st.column_config.NumberColumn(column, help=meaning, format=number[column])
+            if column in number
+            else st.column_config.Column(column, help=meaning)
+            for column, (_, meaning) in saliency.RESULT_COLUMNS.items()
+        },
+    )
+    st.caption(
+        f"Measured {results.get('date', 'on an unrecorded date')} on {results.get('machine', 'an unrecorded machine')} "
+        f"with `{results['command']}`, on {results.get('split', 'validation images')}. Higher ROAD is more faithful "
+        "(removing what the map calls important hurts the prediction more than removing the rest). Compare "
+        f"'Lung share' with 'Lung area' and 'Border share' with {saliency.UNIFORM_BORDER_SHARE:.2f}: that is what a "
+        "uniform map would get."
+    )
+    coverage = performance.saliency_coverage(results)
+    if coverage["missing"]:
+        st.caption(f"Not in the saliency benchmark: {', '.join(coverage['missing'])}.")
+    if coverage["stale"]:
+        st.caption(f"Measured on earlier weights (retrained since): {', '.join(coverage['stale'])}.")
+
+
+def saliency_examples_ui(pred) -> None:
+    active = st.session_state.get(MODEL_KEY)
+    if active is None:
+        st.info("No active model: choose one in the sidebar to see example heatmaps.")
+        return
+    try:
+        model_id, _ = pred.explain_network(active)  # an ensemble's first member, a k-NN's backbone
+    except (performance.ModelLoadError, KeyError, OSError, ValueError) as err:
+        st.warning(f"Cannot load {active} for example heatmaps: {err}")
+        return
+    method = st.selectbox(
+        f"CAM method for example heatmaps of {model_id}",
+        list(CAM_METHODS),
+        key=SALIENCY_METHOD_KEY,
+        help="Heatmaps of the sidebar's active model"
+        + (f" ({active} is explained through {model_id}, as on the Diagnose page)" if model_id != active else "")
+        + ", computed live on bundled sample images.",
+    )
+    st.caption(saliency.method_summary(method, model_id) or f"{model_id} with {method} is not in the benchmark.")
+    examples = performance.saliency_examples(dataset_at(str(SAMPLE_DIR)))
+    weights = performance.weights_hash(model_id)
+    for col, path in zip(st.columns(len(examples)), examples["path"]):
+        with col:
+            try:
+                overlay, caption = saliency_example_of(pred, model_id, weights, method, path)
+            except (ValueError, FileNotFoundError, RuntimeError) as err:
+                st.warning(f"{path}: {err}")
+                continue
+            st.image(overlay, caption=caption, width="stretch")
+
+
+def ood_ui() -> None:
+    signals = performance.ood_signals()
+    if signals is None:
+        st.info("No autoencoder is installed, so the out-of-distribution check is off.")
+        return
+    st.markdown(
+        "Before it gives a verdict, the Diagnose page checks that the image looks like the chest X-rays the "
+        "models were trained on, with two signals: the reconstruction error of an autoencoder trained on "
+        "normal films only (an image unlike them reconstructs poorly), and the Mahalanobis distance of simple "
+        "image statistics (intensity histogram, left-right symmetry, gradient energy, row and column profiles) "
+        "from the training images, which catches smooth or textured non-X-rays an autoencoder reconstructs "
+        "well. Each threshold is the 99 % quantile of its signal on patient-grouped validation images carved "
+        "from train (normal films for the autoencoder, all films for the statistics; nothing was tuned on "
+        "test). **When either signal exceeds its threshold, the verdict is withheld: the Diagnose page shows "
+        "'Not assessed'** with the reason."
+    )
+    st.dataframe(
+        signals,
+        hide_index=True,
+        width="stretch",
+        key="ood_table",
+        column_config={
+            "signal": st.column_config.Column("Signal"),
+            "threshold": st.column_config.NumberColumn("Threshold", format="%.4g", help="Flagged above this."),
+            "rule": st.column_config.Column("How it was chosen (from the autoencoder's card)"),
+        },
+    )
+    rates = performance.ood_flag_rates()
+    if rates:
+        flagged = ", ".join(f"{share:.1%} of {group}" for group, share in rates.items())
+        st.caption(f"The reconstruction-error threshold flags {flagged} (the autoencoder's card).")
+
+
 pred = page_frame("Model performance")
 cards = performance.evaluated_cards()
 if not cards:
@@ -315,3 +429,12 @@ st.subheader("All models")
 comparison_ui(cards, split)
 st.subheader("Misclassified images")
 gallery_ui(pred, model_id, split, threshold, card, stamp)
+st.subheader("Saliency")
+st.markdown(
+    "Which heatmap to believe: each CAM method of each installed classifier, measured on validation images "
+    "by the saliency benchmark. Then live examples on bundled sample images."
+)
+saliency_table_ui()
+saliency_examples_ui(pred)
+st.subheader("Out-of-distribution check")
+ood_ui()

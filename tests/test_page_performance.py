@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo import performance
+from cxrdemo import performance, saliency
 from cxrdemo.paths import REPO_ROOT
+from cxrdemo.predict import Predictor
 from cxrdemo.registry import list_cards
+from cxrdemo.ui import MODEL_KEY
 from tests.test_performance import MISSING_FROM_SAMPLE, write_synthetic_models
 
 INSTALLED = sorted(performance.evaluated_cards())
@@ -44,6 +46,16 @@ def charts(at: AppTest) -> dict[str, dict]:
     """Plotly figures of the page by title."""
     figures = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     return {f["layout"].get("title", {}).get("text", ""): f for f in figures}
+
+
+def table_with(at: AppTest, columns: list[str]):
+    """The one dataframe of the page with exactly these columns."""
+    (table,) = [d.value for d in at.dataframe if list(d.value.columns) == columns]
+    return table
+
+
+def saliency_overlays(at: AppTest) -> list[str]:
+    return [c for img in at.image for c in img.captions if " film; heatmap of " in c]
 
 
 def confusion_shape(at: AppTest) -> tuple[int, int]:
@@ -124,6 +136,45 @@ def test_gradcam_gallery_on_the_full_dataset(model_id: str, monkeypatch: pytest.
     assert len(overlays) == shown and len(at.image) == 2 * shown
 
 
+def test_saliency_table_for_installed_models(sample_data: Path):
+    results = saliency.load_results()
+    assert results is not None, "docs/saliency.json is shipped: python -m benchmarks.bench_saliency --json"
+    at = open_performance()
+    table = table_with(at, list(saliency.RESULT_COLUMNS))
+    measured = {(r["model"], r["method"]) for r in results["rows"]}
+    assert set(zip(table["Model"], table["CAM method"])) == measured and len(table) == len(results["rows"])
+    assert table["ROAD"].notna().any()
+    captions = [c.value for c in at.caption]
+    assert any(results["command"] in c and results["date"] in c for c in captions)
+    # every installed classifier is either in the table or named as missing from the benchmark
+    missing = next((c for c in captions if c.startswith("Not in the saliency benchmark")), "")
+    installed = [m for m, c in list_cards().items() if c.get("kind") == "classifier"]
+    assert installed and all(m in set(table["Model"]) or m in missing for m in installed)
+    assert set(table["Model"]) & set(installed)
+
+
+def test_saliency_examples_render_for_the_active_model(sample_data: Path):
+    at = open_performance()
+    network, _ = Predictor().explain_network(at.session_state[MODEL_KEY])  # as the Diagnose page explains it
+    method = at.selectbox(key="performance_saliency_method")
+    assert method.value == "gradcam" and method.label == f"CAM method for example heatmaps of {network}"
+    overlays = saliency_overlays(at)
+    assert [c.split(" ")[0] for c in overlays] == ["NORMAL", "NORMAL", "PNEUMONIA", "PNEUMONIA"]
+    assert not [w.value for w in at.warning if "heatmap" in w.value]
+    at.selectbox(key="performance_saliency_method").set_value("eigencam").run()
+    assert not at.exception and len(saliency_overlays(at)) == 4
+
+
+def test_ood_section_shows_the_installed_autoencoder_thresholds(sample_data: Path):
+    card = list_cards().get("autoencoder")
+    assert card is not None, "the autoencoder is shipped in weights/"
+    at = open_performance()
+    signals = table_with(at, ["signal", "threshold", "rule"])
+    assert signals["threshold"].tolist() == [card["threshold"], card["image_statistics"]["threshold"]]
+    assert signals["rule"].tolist() == [card["threshold_rule"], card["image_statistics"]["rule"]]
+    assert any("'Not assessed'" in m.value and "99 % quantile" in m.value for m in at.markdown)
+
+
 # --- synthetic registry: 3 classes, ensemble without Grad-CAM, images missing from the sample --------
 
 
@@ -135,10 +186,14 @@ def test_three_class_model_shows_a_3x3_matrix(synthetic_weights: Path):
     assert not [s for s in at.slider if s.key and s.key.startswith("performance_threshold_")]
     assert any(t.startswith("ROC curve (one-vs-rest)") for t in charts(at))
     assert any("Precision-recall curves are drawn for binary models" in i.value for i in at.info)
-    # a classifier without weights on disk: Grad-CAM fails with a message, not an exception
-    if "performance_cam_btn" in [b.key for b in at.button]:
-        at.button(key="performance_cam_btn").click().run()
-        assert not at.exception
+    # a classifier without weights on disk whose mistakes are in the sample: the button is offered, and
+    # Grad-CAM fails with one message per image, not an exception
+    shown = len(at.image)
+    assert shown > 0 and "performance_cam_btn" in [b.key for b in at.button]
+    at.button(key="performance_cam_btn").click().run()
+    assert not at.exception
+    failed = [w for w in at.warning if w.value.startswith("model toy-subtype: weights file")]
+    assert len(failed) == shown, [w.value for w in at.warning]
 
 
 def test_ensemble_gallery_notes(synthetic_weights: Path):
@@ -151,6 +206,19 @@ def test_ensemble_gallery_notes(synthetic_weights: Path):
     assert metric(at, "Sensitivity") == "1.000" and not at.exception
     comparison = charts(at)["All models on the test split (card metrics, 95 % CI)"]
     assert {trace["name"] for trace in comparison["data"]} == {"AUROC", "Accuracy"}
+
+
+def test_without_benchmark_file_or_autoencoder(
+    synthetic_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(saliency, "DEFAULT_JSON", tmp_path / "never-written.json")
+    at = open_performance()
+    infos = [i.value for i in at.info]
+    assert any(i.startswith("No saliency benchmark results yet") for i in infos)
+    assert any(i.startswith("No autoencoder is installed") for i in infos)
+    # the active model is the synthetic ensemble, whose member has no weights: one line, no overlays
+    assert any(w.value.startswith("Cannot load ensemble for example heatmaps") for w in at.warning)
+    assert not saliency_overlays(at)
 
 
 def test_no_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample_data: Path):
