@@ -34,11 +34,11 @@ import torch
 
 from cxrdemo.data import load_dataset, patient_split
 from cxrdemo.explain import CAM_METHODS, explain
+from cxrdemo.fileio import atomic_write_json
 from cxrdemo.imaging import load_image_file
 from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
 from cxrdemo.preprocess import to_input
 from cxrdemo.registry import list_cards, load_model
-from cxrdemo.runlog import atomic_write_json
 from cxrdemo.saliency import (
     BORDER_FRACTION,
     DEFAULT_JSON,
