@@ -141,16 +141,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from cxrdemo.imaging import ImageLoadError, load_image_file
-    from cxrdemo.predict import Predictor
+    from cxrdemo.predict import Prediction, Predictor
 
     predictor = Predictor()
     model_id = args.model or predictor.default_model_id()
     predictor.get(model_id)  # fail early, once, if the model is unusable
     failed = False
     for name in args.files:
+        prediction: Prediction | None = None
         try:
             image = load_image_file(name)
-            result = predictor.predict(image, model_id).to_dict()
+            prediction = predictor.predict(image, model_id)
+            result = prediction.to_dict()
             result["file"] = name
             if args.cam:
                 result["cam"] = str(_write_cam(predictor, image, model_id, args.cam, Path(args.cam_out)))
@@ -162,12 +164,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
             result = {"file": name, "error": f"{Path(name).name} could not be analysed: {_one_line(err)}"}
         if args.json:
             print(json.dumps(result), flush=True)
-        elif "error" in result:
+        elif "error" in result or prediction is None:
             print(f"{name}: error: {result['error']}", flush=True)
         else:
-            probs = ", ".join(f"{c} {p:.3f}" for c, p in result["probabilities"].items())
-            warn = "".join(f"\n  warning: {w}" for w in result["warnings"])
-            print(f"{name}: {result['prediction']} ({probs}){warn}", flush=True)
+            probs = ", ".join(f"{c} {p:.3f}" for c, p in prediction.probabilities.items())
+            if prediction.withheld:  # the reason is the first warning, printed just below
+                probs = f"model output, not a diagnosis: {probs}"
+            warn = "".join(f"\n  warning: {w}" for w in prediction.warnings)
+            print(f"{name}: {prediction.verdict} ({probs}){warn}", flush=True)
+    # a withheld answer (not a chest X-ray like the training data) is an answer, not an error: exit 0
     return EXIT_BAD_INPUT if failed else 0
 
 
@@ -269,9 +274,9 @@ def cmd_build_ensemble(args: argparse.Namespace) -> int:
 def cmd_fit_ood(args: argparse.Namespace) -> int:
     from cxrdemo.anomaly import fit_image_statistics
     from cxrdemo.data import load_dataset
+    from cxrdemo.fileio import atomic_write_json
     from cxrdemo.paths import weights_dir
     from cxrdemo.registry import load_card
-    from cxrdemo.runlog import atomic_write_json
 
     card = load_card("autoencoder")
     training = card.get("training", {})

@@ -25,7 +25,7 @@ from cxrdemo.data import load_dataset
 from cxrdemo.explain import explain
 from cxrdemo.imaging import LoadedImage
 from cxrdemo.paths import SAMPLE_DIR
-from cxrdemo.predict import Prediction, Predictor
+from cxrdemo.predict import Prediction, Predictor, decided_class
 from cxrdemo.registry import LoadedModel, ModelLoadError
 
 T = TypeVar("T")
@@ -129,6 +129,15 @@ def positive_class(prediction: Prediction) -> str | None:
     return classes[1] if prediction.threshold is not None and len(classes) == 2 else None
 
 
+def output_class(prediction: Prediction) -> str:
+    """The class the model's output gives: the prediction, or for a withheld image the class it would have
+    been (for the heatmap and the compare table's probability column, never shown as a verdict)."""
+    if prediction.prediction is not None:
+        return prediction.prediction
+    classes = list(prediction.probabilities)
+    return decided_class(np.array([prediction.probabilities[c] for c in classes]), classes, prediction.threshold)
+
+
 def probability_figure(prediction: Prediction, *, title: str | None = None) -> go.Figure:
     """Horizontal bars of the calibrated probabilities; a binary model's threshold marked on its positive bar."""
     classes = list(prediction.probabilities)
@@ -199,14 +208,20 @@ class BatchItem:
 
 
 def batch_frame(items: list[BatchItem], *, thumbnails: bool = True) -> pd.DataFrame:
-    """One row per file: prediction, probabilities, threshold, warnings, OOD flag, error."""
+    """One row per file: prediction ("Not assessed" when withheld), withheld, probabilities, threshold,
+    warnings, OOD flag, error."""
     rows = []
     for item in items:
         p = item.prediction
         row: dict = {}
         if thumbnails:
             row["image"] = thumbnail_uri(item.image.pixels) if item.image is not None else None
-        row.update(file=item.name, model=p.model if p else None, prediction=p.prediction if p else None)
+        row.update(
+            file=item.name,
+            model=p.model if p else None,
+            prediction=p.verdict if p else None,
+            withheld=p.withheld if p else None,
+        )
         for cls, prob in p.probabilities.items() if p else ():
             row[f"P({cls})"] = round(prob, 4)
         row.update(
@@ -235,11 +250,11 @@ def compare_frame(pred: Predictor, image: LoadedImage) -> pd.DataFrame:
         except ModelLoadError as err:
             rows.append({"model": model_id, "prediction": None, "error": str(err)})
             continue
-        positive = positive_class(p) or p.prediction
+        positive = positive_class(p) or output_class(p)
         rows.append(
             {
                 "model": model_id,
-                "prediction": p.prediction,
+                "prediction": p.verdict,
                 "class": positive,
                 "probability": round(p.probabilities[positive], 4),
                 "threshold": round(p.threshold, 4) if p.threshold is not None else None,
@@ -311,3 +326,17 @@ def file_facts(image: LoadedImage) -> list[tuple[str, str]]:
     facts = [("format", image.source_format), ("size", f"{image.original_size[0]} x {image.original_size[1]} px")]
     facts += [(k, v) for k, v in image.metadata.items() if k != "format"]
     return facts
+
+
+def cam_method_help(network_id: str) -> str:
+    """The heatmap-method tooltip: what the saliency benchmark found for each method on this network."""
+    from cxrdemo.explain import CAM_METHODS
+    from cxrdemo.saliency import method_summary
+
+    lines = [
+        f"- **{m}**: {method_summary(m, network_id) or 'not measured by the saliency benchmark'}" for m in CAM_METHODS
+    ]
+    return (
+        "Class activation map method (scorecam is slow on a CPU). Higher ROAD means the map is more faithful "
+        "to the model; see the Saliency section of the performance page.\n\n" + "\n".join(lines)
+    )

@@ -2,7 +2,9 @@
 
 `Predictor` caches loaded models (thread-safe) and is shared by the command line and the app.
 Every classifier's probabilities are temperature-scaled with the temperature from its card, and the
-binary decision uses the card's validation-chosen threshold.
+binary decision uses the card's validation-chosen threshold. An image the out-of-distribution check
+flags is not given a class at all (`Prediction.withheld`): a confident "PNEUMONIA" on a CT slice or a
+photo is worse than no answer. Its probabilities are still computed, for whoever wants to look.
 """
 
 from __future__ import annotations
@@ -26,23 +28,47 @@ from cxrdemo.preprocess import to_input, to_unit
 from cxrdemo.registry import LoadedModel, ModelLoadError, list_cards, load_model
 
 DEFAULT_PREFERENCE = ("resnet18-binary", "zubinrnet-binary", "cnn4-binary")
-OOD_WARNING = "does not look like a chest X-ray like the training data"
+NOT_ASSESSED = "Not assessed"
+OOD_REASON = "this image does not look like the pediatric chest X-rays the models were trained on"
 
 
 @dataclass
 class Prediction:
     file: str
     model: str
-    prediction: str
-    probabilities: dict[str, float]  # class -> calibrated probability, summing to 1
+    prediction: str | None  # the class; None when withheld
+    probabilities: dict[str, float]  # class -> calibrated probability, summing to 1 (also when withheld)
     threshold: float | None  # operating threshold on P(positive class); None for 3 classes
+    withheld: bool = False  # True: out of distribution, no class given; the reason is warnings[0]
     warnings: list[str] = field(default_factory=list)
     ood: bool | None = None  # None when no autoencoder is installed
     ood_score: float | None = None
     subtype: dict[str, float] | None = None  # normal/bacteria/virus from the subtype model
 
+    @property
+    def verdict(self) -> str:
+        """The headline a user reads: the class, or "Not assessed"."""
+        return NOT_ASSESSED if self.withheld or self.prediction is None else self.prediction
+
+    @property
+    def withheld_reason(self) -> str | None:
+        return self.warnings[0] if self.withheld and self.warnings else None
+
+    @property
+    def other_warnings(self) -> list[str]:
+        """The warnings besides the withheld reason (which a page or report shows with the headline)."""
+        return self.warnings[1:] if self.withheld else list(self.warnings)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def decided_class(probabilities: np.ndarray, classes: list[str], threshold: float | None) -> str:
+    """The class the model's output decides: the threshold on P(second class) for a binary model, else
+    the most probable class."""
+    if threshold is not None and len(classes) == 2:
+        return classes[1] if probabilities[1] >= threshold else classes[0]
+    return classes[int(np.argmax(probabilities))]
 
 
 class Predictor:
@@ -193,17 +219,22 @@ class Predictor:
     ) -> Prediction:
         classes = model.classes
         threshold = model.threshold if len(classes) == 2 else None
-        if threshold is not None:
-            label = classes[1] if probs[1] >= threshold else classes[0]
-        else:
-            label = classes[int(np.argmax(probs))]
+        label = decided_class(probs, classes, threshold)
+        flagged, ood_score, reason = self.out_of_distribution(image.pixels)
+        # the one place that decides whether an answer is withheld; everything else reads the field
+        withheld = flagged is True
         result = Prediction(
-            image.name, model_id, label, {c: float(p) for c, p in zip(classes, probs)}, threshold, list(image.warnings)
+            image.name,
+            model_id,
+            None if withheld else label,
+            {c: float(p) for c, p in zip(classes, probs)},
+            threshold,
+            withheld=withheld,
+            warnings=([reason] if withheld else []) + list(image.warnings),
+            ood=flagged,
+            ood_score=ood_score,
         )
-        result.ood, result.ood_score, ood_warning = self.out_of_distribution(image.pixels)
-        if ood_warning:
-            result.warnings.append(ood_warning)
-        if with_subtype and label == "PNEUMONIA":
+        if with_subtype and label == "PNEUMONIA":  # computed when withheld too, shown only as model output
             subtype_id = self.subtype_model_id()
             if subtype_id:
                 sub, sub_model = self.probabilities(image.pixels, subtype_id)
@@ -226,7 +257,10 @@ class Predictor:
 
     @torch.inference_mode()
     def out_of_distribution(self, pixels: np.ndarray) -> tuple[bool | None, float | None, str | None]:
-        """(flagged, autoencoder score, warning): reconstruction error or image statistics out of range."""
+        """(flagged, autoencoder score, reason): reconstruction error or image statistics out of range.
+
+        The reason is one sentence for a clinician, with each signal that fired against its threshold.
+        """
         ae = self.autoencoder()
         if ae is None:
             return None, None, None
@@ -234,15 +268,15 @@ class Predictor:
         score = float(((ae.module(x) - x) ** 2).mean())
         reasons = []
         if score > ae.threshold:
-            reasons.append(f"autoencoder reconstruction error {score:.4f} > {ae.threshold:.4f}")
+            reasons.append(f"autoencoder reconstruction error {score:.4f} > threshold {ae.threshold:.4f}")
         statistics = ae.card.get("image_statistics")
         if statistics:
             distance = statistics_distance(pixels, statistics)
             if distance > statistics["threshold"]:
-                reasons.append(f"image statistics distance {distance:.0f} > {statistics['threshold']:.0f}")
+                reasons.append(f"image statistics {distance:.1f} > threshold {statistics['threshold']:.1f}")
         if not reasons:
             return False, score, None
-        return True, score, f"{OOD_WARNING}: {'; '.join(reasons)}"
+        return True, score, f"{NOT_ASSESSED}: {OOD_REASON} ({'; '.join(reasons)})."
 
     @torch.inference_mode()
     def reconstruction(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

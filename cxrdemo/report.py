@@ -2,7 +2,9 @@
 
 Both show the image beside its heatmap overlay, the calibrated probabilities with the operating
 threshold, the warnings, the subtype estimate, a summary of the model card, and the notice that this
-is a research demo. Nothing here touches the disk: the page hands the bytes to a download button.
+is a research demo. A withheld prediction (not a chest X-ray like the training data) is reported as
+"Not assessed" with its reason, and its probabilities are labelled as model output, not a diagnosis.
+Nothing here touches the disk: the page hands the bytes to a download button.
 The PDF uses fpdf2's core Helvetica, so every string goes through `latin1` first.
 """
 
@@ -102,7 +104,17 @@ def _probability_lines(prediction: Prediction) -> list[str]:
 def _subtype_line(prediction: Prediction) -> str | None:
     if not prediction.subtype:
         return None
-    return "Subtype model: " + ", ".join(f"{cls} {p:.0%}" for cls, p in prediction.subtype.items())
+    label = "Subtype model output (not assessed)" if prediction.withheld else "Subtype model"
+    return f"{label}: " + ", ".join(f"{cls} {p:.0%}" for cls, p in prediction.subtype.items())
+
+
+def _headline(prediction: Prediction) -> str:
+    return f"Prediction: {prediction.verdict}"
+
+
+def _probabilities_heading(prediction: Prediction) -> str | None:
+    """A label above a withheld prediction's probability bars, so nobody reads them as a verdict."""
+    return "Model output (not assessed, not a diagnosis):" if prediction.withheld else None
 
 
 def _rgb(pixels: np.ndarray) -> Image.Image:
@@ -180,8 +192,17 @@ def report_png(
         tallest = max(tallest, cy - y)
     y += tallest + _GAP
 
-    draw.text((_MARGIN, y), latin1(f"Prediction: {prediction.prediction}"), font=head_f, fill=_ACCENT)
+    draw.text((_MARGIN, y), latin1(_headline(prediction)), font=head_f, fill=_ACCENT)
     y += 34
+    if prediction.withheld_reason:
+        for line in _wrap(draw, prediction.withheld_reason, body_f, inner):
+            draw.text((_MARGIN, y), line, font=body_f, fill=_WARN)
+            y += 24
+        y += 8
+    heading = _probabilities_heading(prediction)
+    if heading:
+        draw.text((_MARGIN, y), heading, font=body_f, fill=_MUTED)
+        y += 28
     # probability bars with the threshold marked on the positive class
     label_w, bar_w = 220, inner - 220 - 90
     classes = list(prediction.probabilities)
@@ -211,10 +232,10 @@ def report_png(
         y += 28
     y += 8
 
-    if prediction.warnings:
+    if prediction.other_warnings:
         draw.text((_MARGIN, y), "Warnings", font=head_f, fill=_WARN)
         y += 30
-        for warning in prediction.warnings:
+        for warning in prediction.other_warnings:
             for i, line in enumerate(_wrap(draw, warning, body_f, inner - 20)):
                 indent, bullet = (0, "- ") if i == 0 else (20, "")
                 draw.text((_MARGIN + indent, y), bullet + line, font=body_f, fill=_WARN)
@@ -312,7 +333,13 @@ def report_pdf(
         pdf.multi_cell(box_w, 4, latin1(caption), align="L")
     pdf.set_xy(pdf.l_margin, top + box_h + 12)
 
-    line(f"Prediction: {prediction.prediction}", 14, "B", _ACCENT, h=8)
+    line(_headline(prediction), 14, "B", _ACCENT, h=8)
+    if prediction.withheld_reason:
+        line(prediction.withheld_reason, 10, colour=_WARN)
+        pdf.ln(1)
+    heading = _probabilities_heading(prediction)
+    if heading:
+        line(heading, 9, colour=_MUTED)
     label_w, bar_w, bar_h = 40, width - 40 - 22, 5
     classes = list(prediction.probabilities)
     for cls in classes:
@@ -344,9 +371,9 @@ def report_pdf(
         line(subtype, 10)
     pdf.ln(2)
 
-    if prediction.warnings:
+    if prediction.other_warnings:
         line("Warnings", 12, "B", _WARN, h=7)
-        for warning in prediction.warnings:
+        for warning in prediction.other_warnings:
             line(f"- {warning}", 10, colour=_WARN)
         pdf.ln(2)
 

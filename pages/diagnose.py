@@ -1,7 +1,9 @@
 """Diagnose (the landing page): upload chest X-rays or try an example; see each model's answer and why.
 
 Per image: the picture, a class activation heatmap beside it, the calibrated probabilities with the
-operating threshold, warnings, the pneumonia subtype estimate and report downloads. Several files
+operating threshold, warnings, the pneumonia subtype estimate and report downloads. An image the
+out-of-distribution check flags gets "Not assessed" and the reason instead of a verdict; its
+probabilities and heatmap wait in a collapsed expander. Several files
 add a results table with a CSV export. Results are memoised in this session, keyed by the upload's
 content hash and the installed models, so moving a slider does not recompute a prediction.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -21,6 +24,9 @@ from cxrdemo.imaging import ImageLoadError, LoadedImage, display_name, load_imag
 from cxrdemo.predict import Prediction
 from cxrdemo.registry import ModelLoadError
 from cxrdemo.ui import active_model, page_frame
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("cxrdemo.pages.diagnose")
 
@@ -118,7 +124,7 @@ method = method_col.selectbox(
     "Heatmap method",
     list(CAM_METHODS),
     key="cam_method",
-    help="Class activation map method; scorecam is slow on a CPU.",
+    help=diagnosis.cam_method_help(pred.explain_network(model_id)[0]),
 )
 target = target_col.selectbox(
     "Heatmap class", [PREDICTED, *classes], key="cam_target", help="Which class the heatmap explains."
@@ -148,20 +154,50 @@ def _report_bytes(build: Callable[..., bytes], *args, **kwargs) -> bytes:
         raise
 
 
-def _show_prediction(prediction: Prediction, index: int) -> None:
-    st.subheader(prediction.prediction)
+def _show_probabilities(prediction: Prediction, index: int) -> None:
+    """The decision rule in words and the probability chart."""
     st.caption(diagnosis.decision_text(prediction))
     st.plotly_chart(
         diagnosis.probability_figure(prediction), key=f"probabilities_{index}", config={"displayModeBar": False}
     )
-    for warning in prediction.warnings:
-        st.warning(warning, icon=":material/warning:")
-    if prediction.ood is False and prediction.ood_score is not None:
-        st.caption(f"Looks like a chest X-ray like the training data (autoencoder score {prediction.ood_score:.4f}).")
+
+
+def _show_subtype(prediction: Prediction) -> None:
     if prediction.subtype:
         st.markdown("**Pneumonia subtype** (3-class subtype model)")
         for column, (name, prob) in zip(st.columns(len(prediction.subtype)), prediction.subtype.items(), strict=True):
             column.metric(name, f"{prob:.0%}")
+
+
+def _show_warnings(prediction: Prediction) -> None:
+    for warning in prediction.other_warnings:
+        st.warning(warning, icon=":material/warning:")
+    if prediction.ood is False and prediction.ood_score is not None:
+        st.caption(f"Looks like a chest X-ray like the training data (autoencoder score {prediction.ood_score:.4f}).")
+
+
+def _show_heatmap(
+    image: LoadedImage, prediction: Prediction, digest: str, index: int
+) -> tuple[np.ndarray | None, str | None]:
+    """The heatmap overlay (or a one-line note when it fails); returns (overlay, caption) for the reports."""
+    target_name = diagnosis.output_class(prediction) if target == PREDICTED else target
+    try:
+        with st.spinner("Computing heatmap…"):
+            heat = memo(
+                store,
+                ("heatmap", digest, model_id, fingerprint, method, target_name),
+                functools.partial(diagnosis.heatmap, pred, image.pixels, model_id, method=method, target=target_name),
+            )
+        overlay = overlay_heatmap(image.pixels, heat.as_float(), opacity)
+        explained = f"{method} heatmap of {heat.target} ({heat.network})"
+        st.image(overlay, caption=explained, width="stretch")
+        if heat.note:
+            st.caption(heat.note)
+        return overlay, explained
+    except Exception:
+        log.exception("diagnose: heatmap failed for upload %d", index)
+        st.info("No heatmap for this image: internal error.")
+        return None, None
 
 
 def _show_result(image: LoadedImage, prediction: Prediction, digest: str, index: int, batch: bool) -> None:
@@ -172,32 +208,35 @@ def _show_result(image: LoadedImage, prediction: Prediction, digest: str, index:
         )
         st.dataframe(table, hide_index=True, key=f"compare_{index}")
 
-    image_col, heat_col, result_col = st.columns([1, 1, 1.15], gap="medium")
-    image_col.image(image.pixels, caption=f"{image.name} ({image.source_format})", width="stretch")
-
-    overlay, explained = None, None
-    with heat_col:
-        target_name = prediction.prediction if target == PREDICTED else target
-        try:
-            with st.spinner("Computing heatmap…"):
-                heat = memo(
-                    store,
-                    ("heatmap", digest, model_id, fingerprint, method, target_name),
-                    functools.partial(
-                        diagnosis.heatmap, pred, image.pixels, model_id, method=method, target=target_name
-                    ),
+    if prediction.withheld:
+        # no verdict, no subtype: the reason up front, the model's output one deliberate click away
+        image_col, result_col = st.columns([1, 2.15], gap="medium")
+        image_col.image(image.pixels, caption=f"{image.name} ({image.source_format})", width="stretch")
+        with result_col:
+            st.subheader(prediction.verdict)
+            st.warning(prediction.withheld_reason, icon=":material/block:")
+            _show_warnings(prediction)
+            with st.expander("Show the model's output anyway", icon=":material/visibility:"):
+                st.caption(
+                    "Not a diagnosis: the models were not made for this image, so these numbers and this "
+                    "heatmap say nothing reliable about it."
                 )
-            overlay = overlay_heatmap(image.pixels, heat.as_float(), opacity)
-            explained = f"{method} heatmap of {heat.target} ({heat.network})"
-            st.image(overlay, caption=explained, width="stretch")
-            if heat.note:
-                st.caption(heat.note)
-        except Exception:
-            log.exception("diagnose: heatmap failed for upload %d", index)
-            st.info("No heatmap for this image: internal error.")
-
-    with result_col:
-        _show_prediction(prediction, index)
+                heat_col, output_col = st.columns(2, gap="medium")
+                with heat_col:
+                    overlay, explained = _show_heatmap(image, prediction, digest, index)
+                with output_col:
+                    _show_probabilities(prediction, index)
+                    _show_subtype(prediction)
+    else:
+        image_col, heat_col, result_col = st.columns([1, 1, 1.15], gap="medium")
+        image_col.image(image.pixels, caption=f"{image.name} ({image.source_format})", width="stretch")
+        with heat_col:
+            overlay, explained = _show_heatmap(image, prediction, digest, index)
+        with result_col:
+            st.subheader(prediction.verdict)
+            _show_probabilities(prediction, index)
+            _show_warnings(prediction)
+            _show_subtype(prediction)
 
     if show_reconstruction:
         recon = memo(
@@ -253,7 +292,7 @@ def analyse(index: int, name: str, data: bytes, batch: bool) -> BatchItem:
             )
         item.name = item.image.name
         if batch:
-            label = f"{diagnosis.markdown_escape(item.name)} — **{item.prediction.prediction}**"
+            label = f"{diagnosis.markdown_escape(item.name)} — **{item.prediction.verdict}**"
             frame = st.expander(label, expanded=False)
         else:
             frame = st.container(border=True)

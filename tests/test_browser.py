@@ -1,5 +1,6 @@
 """The main journey in a real Chromium: open, upload, probabilities and overlay, explorer, performance,
-admin login. Screenshots land in docs/screenshots when CXRDEMO_SCREENSHOTS=1."""
+admin login; a non-chest image that gets "Not assessed". Screenshots land in docs/screenshots when
+CXRDEMO_SCREENSHOTS=1."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
+from pydicom.data import get_testdata_file
 
 from cxrdemo.paths import REPO_ROOT
 
@@ -86,6 +88,26 @@ def test_bad_file_shows_one_line_message(page: Page, streamlit_server):
     expect(error).to_be_visible(timeout=SLOW)
     expect(error).to_contain_text("notes.png")
     expect(page.get_by_text("Traceback")).to_have_count(0)
+
+
+def test_withheld_verdict_on_a_ct_slice(page: Page, streamlit_server):
+    """A CT slice is not what the models were made for: "Not assessed" and why, the output behind a click."""
+    ct = get_testdata_file("CT_small.dcm")
+    goto(page, streamlit_server)
+    page.get_by_test_id("stFileUploader").first.locator("input[type=file]").set_input_files(ct)
+    expect(page.get_by_role("heading", name="Not assessed")).to_be_visible(timeout=SLOW)
+    reason = page.get_by_test_id("stAlertContentWarning").filter(has_text="Not assessed:")
+    expect(reason).to_contain_text("does not look like the pediatric chest X-rays the models were trained on")
+    expect(page.get_by_role("heading", name=re.compile(r"^(NORMAL|PNEUMONIA)$"))).to_have_count(0)
+    expect(page.get_by_test_id("stPlotlyChart")).to_be_hidden()  # collapsed until asked for
+    output = page.get_by_test_id("stExpander").filter(has_text="Show the model's output anyway")
+    output.get_by_text("Show the model's output anyway").click()
+    expect(output.get_by_text(re.compile("^Not a diagnosis"))).to_be_visible()
+    chart = output.get_by_test_id("stPlotlyChart")
+    expect(chart.locator(".main-svg").first).to_be_visible(timeout=SLOW)
+    expect(chart.get_by_text(re.compile(r"\d+\.\d%")).first).to_be_visible()  # the probabilities
+    expect(output.get_by_text(re.compile("heatmap of"))).to_be_visible(timeout=SLOW)
+    screenshot(page, "withheld")
 
 
 def test_deep_link_keeps_navigation(page: Page, streamlit_server):

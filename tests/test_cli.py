@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 from cxrdemo.paths import REPO_ROOT
 from cxrdemo.predict import Predictor
@@ -78,7 +80,11 @@ def test_predict_json_on_real_images_and_every_bad_input(
             continue
         assert "error" not in answer, (path, answer)
         assert answer["model"] == default_model
-        assert answer["prediction"] in classes
+        if answer["withheld"]:  # flagged as not like the training X-rays: no class, the reason first
+            assert answer["prediction"] is None and answer["ood"] is True
+            assert answer["warnings"][0].startswith("Not assessed: "), answer["warnings"]
+        else:
+            assert answer["prediction"] in classes
         assert list(answer["probabilities"]) == classes
         assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
         assert all(0.0 <= p <= 1.0 for p in answer["probabilities"].values())
@@ -91,8 +97,39 @@ def test_predict_json_on_real_images_and_every_bad_input(
             assert isinstance(answer["ood"], bool) and answer["ood_score"] > 0
         else:
             assert answer["ood"] is None and answer["ood_score"] is None
+    assert not answers[0]["withheld"] and not answers[1]["withheld"]
     # both real X-rays came back without any warning about the file itself
     assert all("transparent" not in w and "colour" not in w for a in answers[:2] for w in a["warnings"])
+
+
+def test_predict_withholds_the_verdict_on_a_ct_slice(cli_env: dict, default_model: str, sample_dir: Path):
+    ct = get_testdata_file("CT_small.dcm")
+    xray = str(sorted((sample_dir / "test" / "PNEUMONIA").glob("*.jpeg"))[0])
+    assert _has_autoencoder(cli_env), "no autoencoder installed in weights/: nothing can be withheld"
+    result = cxrdemo(cli_env, "predict", "--json", ct, xray)
+    assert result.returncode == 0, result.stderr[-2000:]  # a withheld answer is an answer, not an error
+    withheld, answered = (json.loads(line) for line in result.stdout.strip().splitlines())
+    assert '"prediction": null' in result.stdout and '"withheld": true' in result.stdout
+    assert withheld["file"] == ct and withheld["prediction"] is None and withheld["withheld"] is True
+    reason = withheld["warnings"][0]
+    assert reason.startswith("Not assessed: this image does not look like the pediatric chest X-rays")
+    assert re.search(r"> threshold [0-9.]+", reason), reason
+    classes = list_cards(Path(cli_env["CXRDEMO_WEIGHTS"]))[default_model]["classes"]
+    assert list(withheld["probabilities"]) == classes
+    assert sum(withheld["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert answered["withheld"] is False and answered["prediction"] in classes
+
+    text = cxrdemo(cli_env, "predict", ct)
+    assert text.returncode == 0, text.stderr[-2000:]
+    first, reason_line, *_ = text.stdout.splitlines()
+    assert first.startswith(f"{ct}: Not assessed (model output, not a diagnosis: ")
+    assert reason_line == f"  warning: {reason}"
+    assert not any(f": {c} (" in text.stdout for c in classes)  # no verdict anywhere
+
+
+def _has_autoencoder(cli_env: dict) -> bool:
+    cards = list_cards(Path(cli_env["CXRDEMO_WEIGHTS"]))
+    return "autoencoder" in cards and "error" not in cards["autoencoder"]
 
 
 def test_predict_writes_gradcam_overlays(cli_env: dict, default_model: str, sample_dir: Path, tmp_path: Path):

@@ -1,12 +1,24 @@
-"""The out-of-distribution check flags non-chest images and lets real chest X-rays through."""
+"""The out-of-distribution check flags non-chest images, which then get no verdict (withheld), and lets
+real chest X-rays through."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
+from pydicom.data import get_testdata_file
 
 from cxrdemo.imaging import ImageLoadError, load_image, load_image_file
 from cxrdemo.ood_corpus import ood_images
-from cxrdemo.predict import Predictor
+from cxrdemo.predict import NOT_ASSESSED, Predictor
+
+# the signal that fired, its value and its threshold, in the reason's parentheses
+REASON = re.compile(
+    r"^Not assessed: this image does not look like the pediatric chest X-rays the models were trained on "
+    r"\(((autoencoder reconstruction error|image statistics) [0-9.]+ > threshold [0-9.]+(; )?)+\)\.$"
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:A download failure occurred")
 
@@ -32,7 +44,44 @@ def test_non_chest_images_are_flagged(predictor, item):
         return  # refused outright (too small, undecodable): never classified either
     prediction = predictor.predict(image)
     assert prediction.ood is True
-    assert any("does not look like a chest X-ray" in w for w in prediction.warnings)
+    assert prediction.withheld is True and prediction.prediction is None
+    assert REASON.match(prediction.warnings[0]), prediction.warnings[0]
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_withheld_prediction_keeps_probabilities_and_is_json_ready(predictor, name):
+    image = load_image(Path(get_testdata_file(name)).read_bytes(), name)
+    prediction = predictor.predict(image)
+    assert prediction.withheld is True and prediction.prediction is None
+    assert prediction.verdict == NOT_ASSESSED
+    assert REASON.match(prediction.withheld_reason), prediction.warnings
+    assert prediction.warnings[0] == prediction.withheld_reason
+    assert prediction.other_warnings == prediction.warnings[1:]
+    assert any("not a plain radiograph" in w for w in prediction.other_warnings)  # the file's own warnings stay
+    classes = predictor.get(prediction.model).classes
+    assert list(prediction.probabilities) == classes
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    answer = json.loads(json.dumps(prediction.to_dict()))
+    assert answer["prediction"] is None and answer["withheld"] is True
+    assert answer["warnings"][0] == prediction.withheld_reason and answer["probabilities"]
+
+
+def test_bundled_chest_xray_is_not_withheld(predictor, sample_jpeg_bytes):
+    prediction = predictor.predict(load_image(sample_jpeg_bytes, "xray.jpeg"))
+    assert prediction.ood is False and prediction.withheld is False
+    assert prediction.prediction in predictor.get(prediction.model).classes
+    assert prediction.verdict == prediction.prediction and prediction.withheld_reason is None
+    assert not any(NOT_ASSESSED in w for w in prediction.warnings)
+
+
+def test_nothing_is_withheld_without_an_autoencoder(weights_copy):
+    for suffix in (".json", ".safetensors", ".predictions.csv"):
+        (weights_copy / f"autoencoder{suffix}").unlink(missing_ok=True)
+    predictor = Predictor(weights_copy)
+    assert predictor.autoencoder() is None
+    prediction = predictor.predict(load_image(Path(get_testdata_file("CT_small.dcm")).read_bytes(), "CT_small.dcm"))
+    assert prediction.ood is None and prediction.withheld is False
+    assert prediction.prediction in predictor.get(prediction.model).classes
 
 
 def test_bundled_chest_xrays_mostly_pass(predictor, sample_dir):

@@ -14,9 +14,11 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from pydicom.data import get_testdata_file
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo import diagnosis
@@ -100,6 +102,11 @@ def _texts(at: AppTest) -> list[str]:
     return [str(t) for t in out]
 
 
+def _result_expanders(at: AppTest) -> list:
+    """The batch's per-file expanders ("name — **verdict**"), not the ones inside a result."""
+    return [e for e in at.expander if " — **" in e.label]
+
+
 def _table_with(at: AppTest, column: str):
     """The first st.dataframe holding `column` (AppTest exposes no key for dataframes)."""
     tables = [df.value for df in at.dataframe if column in df.value.columns]
@@ -156,13 +163,83 @@ def test_png_upload_works(predictor: Predictor) -> None:
 
 @pytest.mark.parametrize("bits", [16, 8])
 def test_dicom_upload_works_and_hides_patient_tags(bits: int, predictor: Predictor) -> None:
-    path = _sample("NORMAL", 1)
+    # These generated DICOMs carry no window, so the reader auto-windows them (a percentile stretch); that
+    # moves NORMAL[1] past the image-statistics threshold, and its verdict would be withheld. NORMAL[2]
+    # stays under it at both bit depths, so this test still sees a class (see docs/RELIABILITY.md).
+    path = _sample("NORMAL", 2)
     at = _upload(_app(), ("study.dcm", _dicom(path, bits), "application/dicom"))
     _assert_prediction_shown(at, predictor)
     assert not at.error
     text = "\n".join(_texts(at))
     assert "DICOM" in text
     assert "Doe" not in text and "PID-DIAGNOSE" not in text
+
+
+# --- images the models were not made for: the verdict is withheld -------------------------------------
+
+
+def _ct_slice() -> tuple[str, bytes, str]:
+    return ("CT_small.dcm", Path(get_testdata_file("CT_small.dcm")).read_bytes(), "application/dicom")
+
+
+def test_non_chest_upload_is_not_assessed_and_the_output_waits_in_an_expander(predictor: Predictor) -> None:
+    at = _upload(_app(), _ct_slice())
+    assert not at.exception and not at.error
+    classes = predictor.get(predictor.default_model_id()).classes
+    assert [s.value for s in at.subheader] == ["Not assessed"]
+    reason = at.warning[0]
+    assert reason.icon == ":material/block:"
+    assert reason.value.startswith("Not assessed: this image does not look like the pediatric chest X-rays")
+    assert "> threshold" in reason.value
+    assert sum("does not look like" in w.value for w in at.warning) == 1  # shown once, as the headline's reason
+
+    (output,) = [e for e in at.expander if e.label == "Show the model's output anyway"]
+    assert not output.proto.expanded  # collapsed: one deliberate click away
+    inside = list(output)
+    inside_ids = {id(node) for node in inside}
+    charts = [node for node in inside if node.type == "plotly_chart"]
+    assert len(charts) == 1 and len(at.get("plotly_chart")) == 1  # the only chart is in the expander
+    figure = json.loads(charts[0].proto.spec)
+    assert figure["data"][0]["y"] == classes
+    assert sum(figure["data"][0]["x"]) == pytest.approx(1.0, abs=1e-6)
+    assert not any(c == "#d6336c" for c in figure["data"][0]["marker"]["color"])  # no bar marked as the verdict
+    assert any(n.type == "caption" and n.value.startswith("Not a diagnosis") for n in inside)
+    heatmaps = [img for img in at.image if any("heatmap of" in (c or "") for c in img.captions)]
+    assert len(heatmaps) == 1 and id(heatmaps[0]) in inside_ids  # the heatmap is in there too
+    # outside the expander: no class as a headline, no decision rule, no subtype verdict
+    outside = [n for kind in ("subheader", "caption", "markdown", "metric") for n in at.get(kind)]
+    outside = [n for n in outside if id(n) not in inside_ids]
+    assert not any(n.type == "metric" for n in outside)
+    for node in outside:
+        text = str(getattr(node, "value", ""))
+        assert text not in classes and not text.startswith("P(") and "subtype" not in text.lower(), text
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Report (PNG)" in labels and "Report (PDF)" in labels
+
+
+def test_batch_table_and_csv_mark_withheld_rows(predictor: Predictor) -> None:
+    xray = _sample("PNEUMONIA")
+    at = _upload(_app(), _ct_slice(), (xray.name, xray.read_bytes(), "image/jpeg"))
+    assert not at.exception and not at.error
+    classes = predictor.get(predictor.default_model_id()).classes
+    labels = [e.label for e in _result_expanders(at)]
+    assert labels[0].endswith("**Not assessed**") and labels[1].split("**")[1] in classes
+    table = _table_with(at, "withheld")
+    assert list(table["file"]) == ["CT_small.dcm", xray.name]
+    assert list(table["withheld"]) == [True, False]
+    assert table["prediction"][0] == "Not assessed" and table["prediction"][1] in classes
+
+    items = []
+    for name, data, _ in (_ct_slice(), (xray.name, xray.read_bytes(), "image/jpeg")):
+        image = load_image(data, name)
+        items.append(diagnosis.BatchItem(name, image, predictor.predict(image)))
+    frame = pd.read_csv(BytesIO(diagnosis.batch_csv(items)))
+    assert list(frame["withheld"]) == [True, False]
+    assert frame["prediction"][0] == "Not assessed" and frame["prediction"][1] in classes
+    assert frame["warnings"][0].startswith("Not assessed: ")
+    for cls in classes:  # probabilities still there for the withheld row, as the model's output
+        assert 0.0 <= frame[f"P({cls})"][0] <= 1.0
+    assert frame[[f"P({c})" for c in classes]].sum(axis=1).tolist() == pytest.approx([1.0, 1.0], abs=1e-3)
 
 
 # --- batches and bad input ---------------------------------------------------------------------------
@@ -179,7 +256,7 @@ def test_batch_with_one_bad_file_shows_the_good_ones_and_one_error(predictor: Pr
     assert len(at.error) == 1
     message = at.error[0].value
     assert "notes.png" in message and "\n" not in message and "Traceback" not in message
-    assert len(at.expander) == 2  # one result per readable file
+    assert len(_result_expanders(at)) == 2  # one result per readable file
     assert len(at.get("plotly_chart")) == 2
     table = _table_with(at, "file")
     assert list(table["file"]) == [good[0].name, good[1].name, "notes.png"]
@@ -206,7 +283,7 @@ def test_unexpected_failure_is_one_generic_line_and_other_files_still_show(
     assert not at.exception
     assert [e.value for e in at.error] == ["could not analyse boom.png: internal error"]
     assert not any("secret internals" in t for t in _texts(at))
-    assert len(at.expander) == 1
+    assert len(_result_expanders(at)) == 1
 
 
 def test_bad_input_corpus_as_one_batch(predictor: Predictor) -> None:
@@ -219,7 +296,11 @@ def test_bad_input_corpus_as_one_batch(predictor: Predictor) -> None:
     assert len(errors) == len(unreadable), errors
     for f, message in zip(unreadable, errors, strict=True):  # errors appear in upload order
         assert f.name in message and "\n" not in message
-    assert len(at.expander) == len(files) - len(unreadable)
+    results = _result_expanders(at)
+    assert len(results) == len(files) - len(unreadable)
+    # withheld files (flagged as unlike the training X-rays) are labelled so, and the rest show a class
+    classes = predictor.get(predictor.default_model_id()).classes
+    assert all(e.label.split("**")[1] in [*classes, "Not assessed"] for e in results)
     text = "\n".join(_texts(at))
     assert corpus.PATIENT_NAME.split("^")[0] not in text and corpus.PATIENT_ID not in text
 
@@ -392,7 +473,9 @@ def test_ood_warning_subtype_and_reconstruction(combined_weights: Path, monkeypa
     path = _sample("NORMAL")
     _upload(at, (path.name, path.read_bytes(), "image/jpeg"))
     assert not at.exception and not at.error
-    assert any("does not look like a chest X-ray" in w.value for w in at.warning)
+    assert [s.value for s in at.subheader] == ["Not assessed"]  # every image is flagged: withheld
+    assert at.warning[0].value.startswith("Not assessed: ") and at.warning[0].icon == ":material/block:"
+    assert "autoencoder reconstruction error" in at.warning[0].value
     subtype_classes = Predictor(combined_weights).get("cnn4-subtype").classes
     assert [m.label for m in at.metric] == subtype_classes
     images = len(at.image)

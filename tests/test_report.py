@@ -1,4 +1,4 @@
-"""cxrdemo.report: the downloadable PNG and PDF reports, on a real sample X-ray."""
+"""cxrdemo.report: the downloadable PNG and PDF reports, on a real sample X-ray and a withheld CT slice."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 
 from cxrdemo.explain import overlay_heatmap
 from cxrdemo.imaging import LoadedImage, load_image
-from cxrdemo.predict import Prediction
+from cxrdemo.predict import Prediction, Predictor
 from cxrdemo.registry import list_cards
 from cxrdemo.report import NOTICE, latin1, model_summary, report_pdf, report_png
+from tests.weights_snapshot import snapshot_weights
 
 CARD = {
     "id": "cnn4-binary",
@@ -162,3 +164,33 @@ def test_model_summary_lines() -> None:
 def test_reports_for_every_installed_card(card: dict, image: LoadedImage, overlay: np.ndarray) -> None:
     assert report_pdf(image, overlay, _prediction(image), card).startswith(b"%PDF")
     assert report_png(image, overlay, _prediction(image), card).startswith(b"\x89PNG")
+
+
+@pytest.fixture(scope="module")
+def withheld(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedImage, Prediction, dict]:
+    """A CT slice (pydicom's sample) through the installed models: flagged, so its verdict is withheld."""
+    predictor = Predictor(snapshot_weights(tmp_path_factory.mktemp("report") / "weights"))
+    ct = load_image(Path(get_testdata_file("CT_small.dcm")).read_bytes(), "CT_small.dcm")
+    prediction = predictor.predict(ct)
+    assert prediction.withheld, "the installed out-of-distribution check let a CT slice through"
+    return ct, prediction, predictor.cards()[prediction.model]
+
+
+def test_withheld_reports_say_not_assessed_and_why(withheld: tuple[LoadedImage, Prediction, dict]) -> None:
+    ct, prediction, card = withheld
+    ct_overlay = overlay_heatmap(ct.pixels, np.outer(*(np.hanning(n) for n in ct.pixels.shape)), 0.4)
+    text = _pdf_text(report_pdf(ct, ct_overlay, prediction, card, compress=False))
+    assert "Prediction: Not assessed" in text
+    for cls in prediction.probabilities:
+        assert f"Prediction: {cls}" not in text
+    assert "does not look like the pediatric chest X-rays the models were trained on" in text
+    assert text.count("does not look like") == 1  # under the headline, not repeated among the warnings
+    assert "Model output (not assessed, not a diagnosis):" in text
+    for cls, p in prediction.probabilities.items():  # still listed, labelled as not assessed
+        assert cls in text and f"{p:.1%}" in text
+    assert "not a plain radiograph" in text  # the file's own warnings stay
+    if prediction.subtype:
+        assert "Subtype model output (not assessed):" in text
+
+    png = Image.open(BytesIO(report_png(ct, ct_overlay, prediction, card)))
+    assert png.format == "PNG" and png.size[0] == 1200 and np.asarray(png).std() > 20

@@ -174,3 +174,14 @@ def test_results_table_and_method_summary_from_a_real_benchmark_file(
     (tmp_path / "other.json").write_text('{"not": "a benchmark"}')
     with pytest.raises(ValueError):
         load_results(tmp_path / "other.json")
+
+
+def test_diagnose_tooltip_names_what_the_benchmark_found_for_every_method() -> None:
+    from cxrdemo.diagnosis import cam_method_help
+    from cxrdemo.explain import CAM_METHODS
+    from cxrdemo.saliency import method_summary
+
+    text = cam_method_help("resnet18-binary")
+    assert all(f"**{m}**" in text for m in CAM_METHODS)
+    measured = [m for m in CAM_METHODS if method_summary(m, "resnet18-binary")]
+    assert measured and all(method_summary(m, "resnet18-binary") in text for m in measured)
