@@ -36,14 +36,14 @@ def main() -> None:
         metrics = card.get("metrics", {}).get(args.split)
         if not metrics or "accuracy" not in metrics:
             continue
-        training = card.get("training", {})
+        training = card.get("training") or {}
         trained = (
             f"{training.get('device', '?')}, {training.get('epochs_run', '?')} ep"
             if "epochs_run" in training
             else card.get("kind", "")
         )
         threshold = f"{card['threshold']:.3f}" if card.get("threshold") is not None else "argmax"
-        size = card.get("preprocessing", {}).get("input_size")
+        size = (card.get("preprocessing") or {}).get("input_size")  # null for the ensemble
         size = f"{size} px" if size else "–"
         print(
             f"| {model_id} | {card.get('task')} | {size} | {trained} | {threshold} | "
