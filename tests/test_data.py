@@ -12,6 +12,8 @@ import torch
 
 from cxrdemo.augment import AugmentConfig, augment
 from cxrdemo.data import load_dataset, parse_file_name, patient_split
+from cxrdemo.imaging import load_image_file
+from cxrdemo.preprocess import resize_square
 from cxrdemo.tasks import get_task
 from cxrdemo.tensor_cache import cache_key, load_pixels
 
@@ -164,6 +166,11 @@ def test_load_pixels_decodes_then_reads_the_cache(sample_dir: Path, private_cach
     np.save(cached, np.zeros((len(frame), 48, 48), np.uint8))
     assert int(load_pixels(dataset, frame, 48).max()) == 0
     assert torch.equal(load_pixels(dataset, frame, 48, use_cache=False), pixels)
+
+    # the cache holds what an upload of the same file gives after the serving resize
+    for row, path in enumerate(frame["path"]):
+        upload = resize_square(load_image_file(dataset.absolute(path)).pixels, 48)
+        assert np.array_equal(pixels[row].numpy(), upload), path
 
     # another size or another set of rows is another cache entry
     assert load_pixels(dataset, frame.head(3), 32).shape == (3, 32, 32)

@@ -7,12 +7,20 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 from pydicom.data import get_testdata_file
 
 from cxrdemo.imaging import ImageLoadError, load_image, load_image_file
+from cxrdemo.ood import image_statistics, statistics_distance
 from cxrdemo.ood_corpus import ood_images
 from cxrdemo.predict import NOT_ASSESSED, Predictor
+from cxrdemo.preprocess import resize_square
+from tests.corpus import dicom_bytes
+
+SAMPLE_FILM = sorted((Path(__file__).parents[1] / "data" / "sample").glob("*/NORMAL/*.jpeg"))[0]
 
 # the signal that fired, its value and its threshold, in the reason's parentheses
 REASON = re.compile(
@@ -101,3 +109,46 @@ def test_bundled_chest_xrays_mostly_pass(predictor, sample_dir):
     files = sorted(sample_dir.glob("*/*/*.jpeg"))
     flagged = [f.name for f in files if predictor.out_of_distribution(load_image_file(f).pixels)[0]]
     assert len(flagged) <= 0.1 * len(files), flagged
+
+
+# --- contrast: a film's brightness and contrast are the file's, not the anatomy's --------------------
+
+
+def _windowless_dicom(path: Path, bits: int) -> bytes:
+    """A CR DICOM with no window settings holding a bundled X-ray: the reader auto-windows (stretches) it."""
+    arr = np.asarray(Image.open(path).convert("L"))
+    pixels = (arr.astype(np.uint16) << 4) if bits == 16 else arr
+    bits_stored = 12 if bits == 16 else None
+    return dicom_bytes(pixels, modality="CR", bits_stored=bits_stored, patient_name="Doe^Ood", patient_id="PID-OOD")
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_bundled_chest_xrays_in_windowless_dicom_mostly_pass(predictor, sample_dir, bits):
+    """Before the contrast normalisation 37 of the 54 sample films were withheld when wrapped like this."""
+    files = sorted(sample_dir.glob("*/*/*.jpeg"))
+    pixels = {f.name: load_image(_windowless_dicom(f, bits), "film.dcm").pixels for f in files}
+    flagged = [name for name, p in pixels.items() if predictor.out_of_distribution(p)[0]]
+    assert len(flagged) <= 0.1 * len(files), flagged
+
+
+def test_a_contrast_stretched_copy_has_the_films_statistics():
+    film = torch.from_numpy(np.asarray(Image.open(SAMPLE_FILM).convert("L").resize((96, 96))).copy())[None]
+    # the same film with its intensities squeezed into 60..180, as a different export would store it
+    squeezed = (60 + film.float() * (120 / 255)).round().to(torch.uint8)
+    np.testing.assert_allclose(image_statistics(squeezed), image_statistics(film), atol=0.03)
+    # the raw statistics of the first card version do tell them apart: the normalisation is what helps
+    raw = image_statistics(squeezed, contrast_normalised=False) - image_statistics(film, contrast_normalised=False)
+    assert np.abs(raw).max() > 0.2
+    flat = torch.full((1, 96, 96), 128, dtype=torch.uint8)
+    assert np.isfinite(image_statistics(flat)).all()  # a flat image is not divided by zero
+
+
+def test_cards_fitted_before_the_contrast_normalisation_keep_their_statistics(predictor):
+    statistics = predictor.autoencoder().card["image_statistics"]
+    assert "contrast" in statistics  # the shipped card is fitted on normalised images
+    pixels = load_image_file(SAMPLE_FILM).pixels
+    old_card = {k: v for k, v in statistics.items() if k != "contrast"}
+    square = torch.from_numpy(np.array(resize_square(pixels, 96), dtype=np.uint8))[None]
+    diff = image_statistics(square, contrast_normalised=False)[0] - np.asarray(statistics["mean"])
+    expected = float(diff @ np.asarray(statistics["precision"]) @ diff)
+    assert statistics_distance(pixels, old_card) == pytest.approx(expected)
