@@ -12,6 +12,8 @@ Choices worth knowing:
   files rarely use their full bit depth (12-bit detectors saved as 16-bit PNG look black otherwise).
 - EXIF orientation is applied, so a phone photo of a film is upright; `original_size` is the size
   of the returned pixels after that rotation.
+- `cxrdemo.dicom` (and so pydicom) is imported only when a file is DICOM or 16-bit: the training
+  path decodes JPEGs through this module and needs neither.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from cxrdemo import dicom
 
 MAX_UPLOAD_BYTES: int = 50 * 1024 * 1024  # larger uploads are refused
 MAX_PIXELS: int = 40_000_000  # decompression-bomb limit (width*height), checked before decoding
@@ -66,19 +66,15 @@ def load_image(data: bytes, name: str) -> LoadedImage:
     if len(data) > MAX_UPLOAD_BYTES:
         raise _upload_too_large(name, len(data))
     try:
-        if dicom.has_magic(data):
+        if data[128:132] == b"DICM":  # the Part 10 magic after the 128-byte preamble (PS3.10 7.1)
             image = _load_dicom(data, name)
         elif name.lower().endswith((".dcm", ".dicom")):
-            try:  # a DICOM stream without the 128-byte preamble, or a mislabelled picture
-                image = _load_dicom(data, name)
-            except dicom.NotDicomError:
-                image = _load_pillow(data, name)
+            # a DICOM stream without the preamble, or a mislabelled picture
+            image = _load_dicom(data, name, pillow_if_not_dicom=True)
         else:
             image = _load_pillow(data, name)
     except ImageLoadError:
         raise
-    except dicom.DicomError as err:
-        raise ImageLoadError(_one_line(f"{name} {err}.")) from err
     except Exception as err:
         # Decoders of untrusted bytes fail in many ways (OSError, SyntaxError, struct.error,
         # zlib.error, pydicom's RuntimeError...); the user only needs to know the file is damaged.
@@ -112,13 +108,23 @@ def display_name(name: str) -> str:
     return base or "upload"
 
 
-def _load_dicom(data: bytes, name: str) -> LoadedImage:
-    ds = dicom.read(data)
-    width, height = dicom.frame_size(ds)
-    _check_dimensions(name, width, height)
-    frame = dicom.render(ds)
-    height, width = frame.pixels.shape
-    return LoadedImage(frame.pixels, name, "DICOM", (width, height), frame.metadata, frame.warnings)
+def _load_dicom(data: bytes, name: str, *, pillow_if_not_dicom: bool = False) -> LoadedImage:
+    from cxrdemo import dicom
+
+    try:
+        ds = dicom.read(data)
+        width, height = dicom.frame_size(ds)
+        _check_dimensions(name, width, height)
+        frame = dicom.render(ds)
+    except dicom.NotDicomError as err:
+        if not pillow_if_not_dicom:
+            raise ImageLoadError(_one_line(f"{name} {err}.")) from err
+    except dicom.DicomError as err:
+        raise ImageLoadError(_one_line(f"{name} {err}.")) from err
+    else:
+        height, width = frame.pixels.shape
+        return LoadedImage(frame.pixels, name, "DICOM", (width, height), frame.metadata, frame.warnings)
+    return _load_pillow(data, name)  # not DICOM after all: a mislabelled picture
 
 
 def _load_pillow(data: bytes, name: str) -> LoadedImage:
@@ -154,7 +160,9 @@ def _load_pillow(data: bytes, name: str) -> LoadedImage:
 def _to_gray(img: Image.Image, warnings: list[str]) -> np.ndarray:
     """Any Pillow mode -> HxW uint8; high bit depths stretched, alpha composited on black."""
     if img.mode in _HIGH_DEPTHS:
-        return dicom.stretch(np.asarray(img), dicom.AUTO_PERCENTILES)
+        from cxrdemo.dicom import AUTO_PERCENTILES, stretch
+
+        return stretch(np.asarray(img), AUTO_PERCENTILES)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif img.mode not in ("L", "LA", "RGB", "RGBA"):

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdemo.calibration import apply_temperature
+from cxrdemo.card import DEFAULT_THRESHOLD
 from cxrdemo.data import Dataset
 from cxrdemo.metrics import binary_report, confusion_at, multiclass_report, reliability, roc_points
 from cxrdemo.paths import SAMPLE_DIR, weights_dir
@@ -185,7 +186,8 @@ def card_threshold(card: dict) -> float | None:
     """The card's operating threshold on P(positive) for binary models, None for more classes."""
     if len(card.get("classes", [])) != 2:
         return None
-    return float(card.get("threshold") or 0.5)
+    threshold = card.get("threshold")
+    return DEFAULT_THRESHOLD if threshold is None else float(threshold)  # 0.0 stays 0.0
 
 
 def report_for(

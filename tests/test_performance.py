@@ -313,3 +313,11 @@ def test_cards_without_predictions_or_with_errors_are_left_out(synthetic: Path, 
     assert sorted(performance.evaluated_cards(cards, synthetic)) == ["ensemble", "toy-subtype"]
     assert performance.evaluated_cards(directory=tmp_path) == {}
     assert performance.predictions_stamp("toy-subtype", synthetic)[1] > 0
+
+
+def test_card_threshold_keeps_zero_and_defaults_only_when_missing() -> None:
+    binary = {"classes": ["NORMAL", "PNEUMONIA"]}
+    assert performance.card_threshold({**binary, "threshold": 0.0}) == 0.0
+    assert performance.card_threshold({**binary, "threshold": None}) == 0.5
+    assert performance.card_threshold(binary) == 0.5
+    assert performance.card_threshold({"classes": ["normal", "bacteria", "virus"], "threshold": 0.3}) is None

@@ -194,3 +194,14 @@ def test_withheld_reports_say_not_assessed_and_why(withheld: tuple[LoadedImage, 
 
     png = Image.open(BytesIO(report_png(ct, ct_overlay, prediction, card)))
     assert png.format == "PNG" and png.size[0] == 1200 and np.asarray(png).std() > 20
+
+
+@pytest.mark.parametrize("model_id", ["cnn4-subtype", "resnet18-subtype"])
+def test_subtype_reports_headline_their_macro_auroc(model_id: str) -> None:
+    """The summary reads the keys the metrics module writes, so three-class models keep their AUROC."""
+    card = list_cards()[model_id]
+    test = card["metrics"]["test"]
+    lines = dict(model_summary(card))
+    assert lines["Test macro AUROC"].startswith(f"{test['macro_roc_auc']['value']:.3f}")
+    assert lines["Test macro F1"].startswith(f"{test['macro_f1']['value']:.3f}")
+    assert "Test AUROC" not in lines
