@@ -1,16 +1,21 @@
 """The one module that imports Streamlit: cached backend objects and the shared page frame.
 
 Pages call `page_frame(title)` first; it draws the sidebar (active model, device, data location)
-and the research-only notice, and returns the shared `Predictor`.
+and the research-only notice, and returns the shared `Predictor`. The Diagnose page calls its two
+halves, `page_header` and `page_sidebar`, itself, so that its uploader is on screen before torch is
+imported: this module imports neither torch nor the backend until a predictor is asked for.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import streamlit as st
-import torch
 
 from cxrdemo.paths import data_dir, weights_dir
-from cxrdemo.predict import Predictor
+
+if TYPE_CHECKING:
+    from cxrdemo.predict import Predictor
 
 NOTICE = "Research demo, not for clinical use: predictions are not a diagnosis."
 MODEL_KEY = "active_model"
@@ -52,6 +57,8 @@ def get_predictor(directory: str) -> Predictor:
     import threading
     from pathlib import Path
 
+    from cxrdemo.predict import Predictor
+
     pred = Predictor(Path(directory))
     threading.Thread(target=pred.warm_up, name="cxrdemo-warm-up", daemon=True).start()
     return pred
@@ -75,13 +82,26 @@ def active_model(pred: Predictor) -> str | None:
 
 def page_frame(title: str) -> Predictor:
     """Title (with the page's icon from PAGES), notice and sidebar shared by every page."""
+    page_header(title)
+    pred = predictor()
+    page_sidebar(pred)
+    return pred
+
+
+def page_header(title: str) -> None:
+    """The page's title (with its icon from PAGES) and the notice; needs no backend."""
     if not st.session_state.get(_NAVIGATION_RAN):
         st.session_state[_DEEP_LINK] = next((path for path, name, _ in PAGES if name == title), PAGES[0][0])
         st.switch_page("app.py")
-    pred = predictor()
     icon = next((icon for _, name, icon in PAGES if name == title), "")
     st.title(f"{icon} {title}".strip())
     st.caption(NOTICE)
+
+
+def page_sidebar(pred: Predictor) -> None:
+    """The sidebar every page shares: active model, device, data location, model load errors."""
+    import torch  # loaded by the predictor already; here only to name the device
+
     with st.sidebar:
         ids = pred.model_ids("binary")
         if ids:
@@ -94,4 +114,3 @@ def page_frame(title: str) -> Predictor:
         for model_id, message in pred.errors.items():
             st.warning(f"{model_id}: {message}")
         st.caption(NOTICE)
-    return pred

@@ -17,16 +17,13 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from cxrdemo import diagnosis, report
-from cxrdemo.diagnosis import BatchItem, Example, memo
-from cxrdemo.explain import CAM_METHODS, overlay_heatmap
-from cxrdemo.imaging import ImageLoadError, LoadedImage, display_name, load_image
-from cxrdemo.predict import Prediction
-from cxrdemo.registry import ModelLoadError
-from cxrdemo.ui import active_model, page_frame
+from cxrdemo.ui import active_model, page_header, page_sidebar, predictor
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from cxrdemo.imaging import LoadedImage
+    from cxrdemo.predict import Prediction
 
 log = logging.getLogger("cxrdemo.pages.diagnose")
 
@@ -35,7 +32,29 @@ SINGLE, COMPARE = "Single model", "Compare all"
 PREDICTED = "predicted class"  # heatmap target option: whichever class this image was given
 EXAMPLE_KEY = "_diagnose_example"  # the example on show (an Example); "diagnose_example" is the explorer's hand-over
 
-pred = page_frame("Diagnose")
+# --- inputs --------------------------------------------------------------------------------------------
+page_header("Diagnose")
+upload_col, example_col = st.columns([3, 1], gap="medium")
+with upload_col:
+    uploads = st.file_uploader(
+        "Chest X-rays",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key="uploads",
+        help="JPEG, PNG, BMP, TIFF, WebP, GIF or DICOM. Files are analysed in memory and never stored.",
+    )
+
+# The uploader is on screen now. The backend comes next: in a fresh server its first import (torch)
+# takes about 3 s on 2 cores, and the user spends that time picking a file instead of looking at a
+# blank page (`python -m benchmarks.bench_app`).
+from cxrdemo import diagnosis, report  # noqa: E402
+from cxrdemo.diagnosis import BatchItem, Example, memo  # noqa: E402
+from cxrdemo.explain import CAM_METHODS, overlay_heatmap  # noqa: E402
+from cxrdemo.imaging import ImageLoadError, display_name, load_image  # noqa: E402
+from cxrdemo.registry import ModelLoadError  # noqa: E402
+
+pred = predictor()
+page_sidebar(pred)
 model_id = active_model(pred)
 if model_id is None:
     st.info("No binary classifier is installed yet: train and promote one on the Admin page.")
@@ -54,16 +73,6 @@ def _show_example(example: Example | None) -> None:
     st.session_state[EXAMPLE_KEY] = example
 
 
-# --- inputs --------------------------------------------------------------------------------------------
-upload_col, example_col = st.columns([3, 1], gap="medium")
-with upload_col:
-    uploads = st.file_uploader(
-        "Chest X-rays",
-        type=UPLOAD_TYPES,
-        accept_multiple_files=True,
-        key="uploads",
-        help="JPEG, PNG, BMP, TIFF, WebP, GIF or DICOM. Files are analysed in memory and never stored.",
-    )
 with example_col:
     st.markdown("**Or try an example**")
     try:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -513,3 +516,31 @@ def test_probability_figure_marks_threshold_only_for_binary() -> None:
     assert not diagnosis.probability_figure(three).to_dict()["layout"].get("shapes")
     assert "most probable" in diagnosis.decision_text(three)
     assert "at or above the threshold 0.420" in diagnosis.decision_text(binary)
+
+
+def test_the_uploader_is_on_the_page_before_the_backend_is_imported(_weights: Path) -> None:
+    """Cold start: in a fresh process the page draws its uploader before torch is imported, then finishes."""
+    code = textwrap.dedent(f"""
+        import json, sys
+        import streamlit as st
+        from streamlit.testing.v1 import AppTest
+
+        torch_loaded_at_uploader = []
+        real_uploader = st.file_uploader
+
+        def recording_uploader(*args, **kwargs):
+            torch_loaded_at_uploader.append("torch" in sys.modules)
+            return real_uploader(*args, **kwargs)
+
+        st.file_uploader = recording_uploader
+        at = AppTest.from_file({APP!r}, default_timeout=180).run()
+        print(json.dumps({{"at_uploader": torch_loaded_at_uploader, "after": "torch" in sys.modules,
+                          "exceptions": [e.value for e in at.exception], "info": [i.value for i in at.info]}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["at_uploader"] == [False]  # drawn once, before torch
+    assert report["after"] is True  # and the page went on to load the backend
+    assert report["exceptions"] == []
+    assert any("Upload one or more chest X-rays" in text for text in report["info"])
