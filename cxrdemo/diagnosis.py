@@ -85,21 +85,8 @@ def explained_network(pred: Predictor, model_id: str) -> tuple[LoadedModel, str 
     """The network that stands in for `model_id` in a heatmap (`Predictor.explain_network`), and a note
     for a caption when that is not the model itself: the ensemble averages other models and k-NN votes
     among stored embeddings, so neither has a network of its own."""
-    network_id, network = pred.explain_network(model_id)
-    if network_id == model_id:
-        return network, None
     model = pred.get(model_id)
-    if model.kind == "ensemble":
-        first = model.card["members"][0]
-        via = "" if first == network_id else f" (through {first})"
-        return network, (
-            f"{model_id} averages {len(model.card['members'])} models and has no single network: "
-            f"the heatmap explains its first member, {network_id}{via}."
-        )
-    return network, (
-        f"{model_id} votes among stored training images and has no network of its own: "
-        f"the heatmap explains its backbone, {network_id}."
-    )
+    return model.explained_network(), model.heatmap_note()
 
 
 def heatmap(pred: Predictor, pixels: np.ndarray, model_id: str, *, method: str, target: str) -> Heatmap:

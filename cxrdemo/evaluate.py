@@ -5,15 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cxrdemo.calibration import apply_temperature
 from cxrdemo.data import Dataset, card_validation_split, load_dataset
-from cxrdemo.forward import predict_logits
-from cxrdemo.knn import embed_pixels, memory_probabilities
 from cxrdemo.metrics import report
-from cxrdemo.precision import serving_precision
 from cxrdemo.predict import Predictor
 from cxrdemo.tasks import get_task
-from cxrdemo.tensor_cache import load_pixels
+from cxrdemo.tensor_cache import DatasetImages
 
 SPLITS = ("test", "val", "official_val")
 
@@ -29,20 +25,10 @@ def split_frame(dataset: Dataset, card: dict, split: str):
     raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
+@torch.inference_mode()
 def batch_probabilities(predictor: Predictor, model_id: str, dataset: Dataset, frame) -> np.ndarray:
-    """Calibrated probabilities (N, C) of `frame`'s images under an installed model."""
-    model = predictor.get(model_id)
-    if model.kind == "ensemble":
-        return np.mean([batch_probabilities(predictor, m, dataset, frame) for m in model.card["members"]], axis=0)
-    if model.kind == "knn":
-        backbone = predictor.get(model.card["backbone"])
-        pixels = load_pixels(dataset, frame, backbone.preprocessing.input_size)
-        return memory_probabilities(model, embed_pixels(backbone, pixels))
-    pixels = load_pixels(dataset, frame, model.preprocessing.input_size)
-    with torch.inference_mode():
-        precision = serving_precision(model.card.get("inference_precision"), pixels.device)
-        logits = predict_logits(model.module, pixels, model.preprocessing, precision=precision).numpy()
-    return apply_temperature(logits, model.temperature)
+    """Calibrated probabilities (N, C) of `frame`'s images under an installed model (any kind)."""
+    return predictor.get(model_id).probabilities(DatasetImages(dataset, frame))
 
 
 def evaluate_model(

@@ -15,17 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cxrdemo.calibration import apply_temperature
 from cxrdemo.explain import Explanation, explain
-from cxrdemo.forward import classify
 from cxrdemo.imaging import LoadedImage
-from cxrdemo.knn import memory_probabilities
 from cxrdemo.ood import statistics_distance
 from cxrdemo.paths import weights_dir
-from cxrdemo.preprocess import to_input, to_unit
+from cxrdemo.preprocess import PixelImages, to_unit
 from cxrdemo.registry import LoadedModel, ModelLoadError, list_cards, load_model
+from cxrdemo.served import serve
 
 DEFAULT_PREFERENCE = ("resnet18-binary", "zubinrnet-binary", "cnn4-binary")
 NOT_ASSESSED = "Not assessed"
@@ -147,7 +145,7 @@ class Predictor:
             # never as inference tensors: callers inside torch.inference_mode() would otherwise make the
             # weights unusable for Grad-CAM's backward pass
             with torch.inference_mode(False):
-                model = load_model(model_id, self.directory)
+                model = serve(load_model(model_id, self.directory), self.get)
             model.card["_stamp"] = stamp
             with self._lock:
                 self._models[model_id] = model
@@ -156,17 +154,9 @@ class Predictor:
     # --- predictions ------------------------------------------------------------------------------
     @torch.inference_mode()
     def probabilities(self, pixels: np.ndarray, model_id: str) -> tuple[np.ndarray, LoadedModel]:
-        """Calibrated class probabilities (C,) of one grayscale image."""
+        """Calibrated class probabilities (C,) of one grayscale image: a batch of one."""
         model = self.get(model_id)
-        if model.kind == "ensemble":
-            members = [self.probabilities(pixels, m)[0] for m in model.card["members"]]
-            return np.mean(members, axis=0), model
-        if model.kind == "knn":
-            backbone = self.get(model.card["backbone"])
-            query = F.normalize(backbone.module.embed(to_input(pixels, backbone.preprocessing)), dim=1).numpy()
-            return memory_probabilities(model, query)[0], model
-        logits = classify(model.module, to_input(pixels, model.preprocessing), model.precision).numpy()
-        return apply_temperature(logits, model.temperature)[0], model
+        return model.probabilities(PixelImages([pixels]))[0], model
 
     def predict(self, image: LoadedImage, model_id: str | None = None, *, with_subtype: bool = True) -> Prediction:
         model_id = model_id or self.default_model_id()
@@ -175,12 +165,8 @@ class Predictor:
 
     def explain_network(self, model_id: str) -> tuple[str, LoadedModel]:
         """The single network Grad-CAM can explain for `model_id` (ensemble: first member; k-NN: backbone)."""
-        model = self.get(model_id)
-        if model.kind == "ensemble":
-            return self.explain_network(model.card["members"][0])
-        if model.kind == "knn":
-            return self.explain_network(model.card["backbone"])
-        return model_id, model
+        network = self.get(model_id).explained_network()
+        return network.id, network
 
     def predict_and_explain(
         self,
