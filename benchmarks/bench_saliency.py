@@ -21,6 +21,7 @@ of the means. `--json` writes the same rows (default path `cxrdemo.saliency.DEFA
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -159,6 +160,15 @@ def print_table(rows: list[dict], command: str) -> None:
     )
 
 
+def kept_rows(path: Path, measured: set[str]) -> list[dict]:
+    """The rows of an earlier results file for models this run did not measure, each with its own date."""
+    earlier = json.loads(path.read_text())
+    kept = [row for row in earlier["rows"] if row["model"] not in measured]
+    for row in kept:
+        row.setdefault("measured", earlier.get("date"))
+    return kept
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=24, help="validation images per model (balanced by label)")
@@ -175,6 +185,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--seed", type=int, default=0, help="image sample, ROAD noise and tie-breaks")
     parser.add_argument("--json", nargs="?", const=str(DEFAULT_JSON), help=f"write the rows (default {DEFAULT_JSON})")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --json: replace only the measured models' rows and keep the others (each row keeps its date)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = Path(args.data) if args.data else default_data()
@@ -191,11 +206,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ]
     print_table(rows, command.strip())
     if args.json:
+        date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        for row in rows:
+            row["measured"] = date
+        if args.merge and Path(args.json).exists():
+            rows = kept_rows(Path(args.json), set(models)) + rows
         atomic_write_json(
             Path(args.json),
             {
                 "command": command.strip(),
-                "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "date": date,
                 "machine": machine,
                 "data": str(data),
                 "split": "validation (carved from train per model card)",

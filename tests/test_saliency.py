@@ -185,3 +185,18 @@ def test_diagnose_tooltip_names_what_the_benchmark_found_for_every_method() -> N
     assert all(f"**{m}**" in text for m in CAM_METHODS)
     measured = [m for m in CAM_METHODS if method_summary(m, "resnet18-binary")]
     assert measured and all(method_summary(m, "resnet18-binary") in text for m in measured)
+
+
+def test_merge_keeps_other_models_rows(benchmark_run: tuple[list[dict], str, Path], tmp_path: Path) -> None:
+    """`--merge`: a model's new rows replace its old ones; other models' rows stay, with their own date."""
+    (row,), _, out = benchmark_run
+    written = json.loads(out.read_text())
+    assert row["measured"] == written["date"]
+    other = {**row, "model": "zubinrnet-binary"}
+    other.pop("measured")
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({**written, "date": "2026-01-01 00:00 UTC", "rows": [row, other]}))
+    kept = bench_saliency.kept_rows(earlier, {SMALL_MODEL})
+    assert [r["model"] for r in kept] == ["zubinrnet-binary"]
+    assert kept[0]["measured"] == "2026-01-01 00:00 UTC"
+    assert bench_saliency.kept_rows(earlier, {SMALL_MODEL, "zubinrnet-binary"}) == []
