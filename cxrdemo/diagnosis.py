@@ -192,6 +192,37 @@ class BatchItem:
     image: LoadedImage | None = None
     prediction: Prediction | None = None
     error: str | None = None  # one line, already shown to the user
+    digest: str = ""  # of the file's bytes: the key of its memoised results
+
+
+SINGLE, COMPARE = "Single model", "Compare all"
+PREDICTED = "predicted class"  # heatmap target option: whichever class this image was given
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user chose above the results; every result on the page is drawn from these."""
+
+    model_id: str  # the active model
+    mode: str = SINGLE  # SINGLE or COMPARE (adds every installed model's answer)
+    method: str = "gradcam"  # CAM method, a key of explain.CAM_METHODS
+    target: str = PREDICTED  # the class the heatmap explains, or PREDICTED
+    opacity: float = 0.4
+    show_reconstruction: bool = False  # the autoencoder's reconstruction and error map
+
+
+@dataclass
+class Installed:
+    """What the page answers with: the shared predictor, its cards and their fingerprint (part of every
+    memo key, so a promotion invalidates results), and this session's memo store."""
+
+    pred: Predictor
+    cards: dict[str, dict]
+    store: MutableMapping
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        self.fingerprint = self.fingerprint or registry_fingerprint(self.cards)
 
 
 def batch_frame(items: list[BatchItem], *, thumbnails: bool = True) -> pd.DataFrame:

@@ -6,6 +6,11 @@ out-of-distribution check flags gets "Not assessed" and the reason instead of a 
 probabilities and heatmap wait in a collapsed expander. Several files
 add a results table with a CSV export. Results are memoised in this session, keyed by the upload's
 content hash and the installed models, so moving a slider does not recompute a prediction.
+
+Layout of this file: the uploader first (before the backend is imported, so it shows at once), then
+`sources_ui` (uploads and examples), `settings_ui` (returns the user's `Settings`), `result_ui` (one
+file under those settings) and `batch_ui` (the table of several files); the page's flow is at the end.
+Functions get what they use as arguments: the `Settings` and the `Installed` models, no page globals.
 """
 
 from __future__ import annotations
@@ -22,14 +27,11 @@ from cxrdemo.ui import active_model, page_header, page_sidebar, predictor
 if TYPE_CHECKING:
     import numpy as np
 
-    from cxrdemo.imaging import LoadedImage
     from cxrdemo.predict import Prediction
 
 log = logging.getLogger("cxrdemo.pages.diagnose")
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "gif", "dcm", "dicom"]
-SINGLE, COMPARE = "Single model", "Compare all"
-PREDICTED = "predicted class"  # heatmap target option: whichever class this image was given
 EXAMPLE_KEY = "_diagnose_example"  # the example on show (an Example); "diagnose_example" is the explorer's hand-over
 
 # --- inputs --------------------------------------------------------------------------------------------
@@ -48,109 +50,94 @@ with upload_col:
 # takes about 3 s on 2 cores, and the user spends that time picking a file instead of looking at a
 # blank page (`python -m benchmarks.bench_app`).
 from cxrdemo import diagnosis, report  # noqa: E402
-from cxrdemo.diagnosis import BatchItem, Example, memo  # noqa: E402
+from cxrdemo.diagnosis import COMPARE, PREDICTED, SINGLE, BatchItem, Example, Installed, Settings, memo  # noqa: E402
 from cxrdemo.explain import CAM_METHODS, overlay_heatmap  # noqa: E402
 from cxrdemo.imaging import ImageLoadError, display_name, load_image  # noqa: E402
 from cxrdemo.registry import ModelLoadError  # noqa: E402
 
-pred = predictor()
-page_sidebar(pred)
-model_id = active_model(pred)
-if model_id is None:
-    st.info("No binary classifier is installed yet: train and promote one on the Admin page.")
-    st.stop()
-cards = pred.cards()
-fingerprint = diagnosis.registry_fingerprint(cards)
-store = st.session_state.setdefault("_diagnose_memo", {})
 
-# The Dataset explorer sets a manifest path and switches here; take it over so it stays until cleared.
-handed_over = st.session_state.pop("diagnose_example", None)
-if handed_over:
-    st.session_state[EXAMPLE_KEY] = Example(str(handed_over), sample=False)
-
-
+# --- inputs --------------------------------------------------------------------------------------------
 def _show_example(example: Example | None) -> None:
     st.session_state[EXAMPLE_KEY] = example
 
 
-with example_col:
-    st.markdown("**Or try an example**")
-    try:
-        examples = memo(store, "sample_examples", diagnosis.sample_examples)
-    except (OSError, ValueError, KeyError):
-        log.exception("diagnose: the bundled sample could not be read")
-        examples = []
-    for label, example in examples:
-        st.button(
-            f"{label} example",
-            key=f"example_{label}",
+def sources_ui(installed: Installed, example_col, uploads) -> list[tuple[str, bytes]]:
+    """The example buttons beside the uploader; returns (name, bytes) of the example on show and the uploads."""
+    store = installed.store
+    with example_col:
+        st.markdown("**Or try an example**")
+        try:
+            examples = memo(store, "sample_examples", diagnosis.sample_examples)
+        except (OSError, ValueError, KeyError):
+            log.exception("diagnose: the bundled sample could not be read")
+            examples = []
+        for label, example in examples:
+            st.button(
+                f"{label} example",
+                key=f"example_{label}",
+                on_click=_show_example,
+                args=(example,),
+                width="stretch",
+                help=f"{example.path} from the bundled sample",
+            )
+        if not examples:
+            st.caption("No bundled examples found.")
+
+    sources: list[tuple[str, bytes]] = []
+    example = st.session_state.get(EXAMPLE_KEY)
+    if example is not None:
+        example_col.button(
+            "Clear example",
+            key="clear_example",
+            type="tertiary",
             on_click=_show_example,
-            args=(example,),
-            width="stretch",
-            help=f"{example.path} from the bundled sample",
+            args=(None,),
+            help=f"Stop showing {example.label}",
         )
-    if not examples:
-        st.caption("No bundled examples found.")
+        try:
+            sources.append(memo(store, ("example", example), functools.partial(diagnosis.read_example, example)))
+        except (OSError, ValueError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            st.error(diagnosis.one_line(f"example {example.label} is not available: {reason}"))
+    return sources + [(f.name, f.getvalue()) for f in uploads or []]
 
-sources: list[tuple[str, bytes]] = []
-example = st.session_state.get(EXAMPLE_KEY)
-if example is not None:
-    example_col.button(
-        "Clear example",
-        key="clear_example",
-        type="tertiary",
-        on_click=_show_example,
-        args=(None,),
-        help=f"Stop showing {example.label}",
-    )
-    try:
-        sources.append(memo(store, ("example", example), functools.partial(diagnosis.read_example, example)))
-    except (OSError, ValueError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        st.error(diagnosis.one_line(f"example {example.label} is not available: {reason}"))
-sources += [(f.name, f.getvalue()) for f in uploads or []]
-
-if not sources:
-    st.info("Upload one or more chest X-rays, or try an example, to see what the models make of them.")
-    st.stop()
 
 # --- settings ------------------------------------------------------------------------------------------
-try:
+def settings_ui(installed: Installed, model_id: str) -> Settings:
+    """The controls above the results and a caption on the active model; raises ModelLoadError."""
+    pred, cards = installed.pred, installed.cards
     classes = pred.get(model_id).classes
-except ModelLoadError as err:
-    st.error(diagnosis.one_line(err))
-    st.stop()
-
-mode_col, method_col, target_col, opacity_col = st.columns([1.3, 1, 1, 1], gap="medium")
-mode = mode_col.radio(
-    "Models",
-    [SINGLE, COMPARE],
-    horizontal=True,
-    key="diagnose_mode",
-    help=f"{SINGLE}: the active model from the sidebar. {COMPARE}: add a table of every installed model's answer.",
-)
-method = method_col.selectbox(
-    "Heatmap method",
-    list(CAM_METHODS),
-    key="cam_method",
-    help=diagnosis.cam_method_help(pred.explain_network(model_id)[0]),
-)
-target = target_col.selectbox(
-    "Heatmap class", [PREDICTED, *classes], key="cam_target", help="Which class the heatmap explains."
-)
-opacity = opacity_col.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="cam_opacity")
-show_reconstruction = False
-if "autoencoder" in cards:
-    show_reconstruction = st.checkbox(
-        "Show autoencoder reconstruction",
-        key="show_reconstruction",
-        help="What the out-of-distribution autoencoder rebuilds; bright error means unlike the training X-rays.",
+    mode_col, method_col, target_col, opacity_col = st.columns([1.3, 1, 1, 1], gap="medium")
+    mode = mode_col.radio(
+        "Models",
+        [SINGLE, COMPARE],
+        horizontal=True,
+        key="diagnose_mode",
+        help=f"{SINGLE}: the active model from the sidebar. {COMPARE}: add a table of every installed model's answer.",
     )
-summary = report.model_summary(cards.get(model_id, {"id": model_id}))
-st.caption(
-    f"Active model **{model_id}** (change it in the sidebar): "
-    + " · ".join(f"{label[:1].lower()}{label[1:]} {value}" for label, value in summary[1:])
-)
+    method = method_col.selectbox(
+        "Heatmap method",
+        list(CAM_METHODS),
+        key="cam_method",
+        help=diagnosis.cam_method_help(pred.explain_network(model_id)[0]),
+    )
+    target = target_col.selectbox(
+        "Heatmap class", [PREDICTED, *classes], key="cam_target", help="Which class the heatmap explains."
+    )
+    opacity = opacity_col.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="cam_opacity")
+    show_reconstruction = False
+    if "autoencoder" in cards:
+        show_reconstruction = st.checkbox(
+            "Show autoencoder reconstruction",
+            key="show_reconstruction",
+            help="What the out-of-distribution autoencoder rebuilds; bright error means unlike the training X-rays.",
+        )
+    summary = report.model_summary(cards.get(model_id, {"id": model_id}))
+    st.caption(
+        f"Active model **{model_id}** (change it in the sidebar): "
+        + " · ".join(f"{label[:1].lower()}{label[1:]} {value}" for label, value in summary[1:])
+    )
+    return Settings(model_id, mode, method, target, opacity, show_reconstruction)
 
 
 # --- one image -----------------------------------------------------------------------------------------
@@ -186,19 +173,22 @@ def _show_warnings(prediction: Prediction) -> None:
 
 
 def _show_heatmap(
-    image: LoadedImage, prediction: Prediction, digest: str, index: int
+    item: BatchItem, index: int, settings: Settings, installed: Installed
 ) -> tuple[np.ndarray | None, str | None]:
     """The heatmap overlay (or a one-line note when it fails); returns (overlay, caption) for the reports."""
-    target_name = diagnosis.output_class(prediction) if target == PREDICTED else target
+    image, prediction, model_id = item.image, item.prediction, settings.model_id
+    target = diagnosis.output_class(prediction) if settings.target == PREDICTED else settings.target
     try:
         with st.spinner("Computing heatmap…"):
             heat = memo(
-                store,
-                ("heatmap", digest, model_id, fingerprint, method, target_name),
-                functools.partial(diagnosis.heatmap, pred, image.pixels, model_id, method=method, target=target_name),
+                installed.store,
+                ("heatmap", item.digest, model_id, installed.fingerprint, settings.method, target),
+                functools.partial(
+                    diagnosis.heatmap, installed.pred, image.pixels, model_id, method=settings.method, target=target
+                ),
             )
-        overlay = overlay_heatmap(image.pixels, heat.as_float(), opacity)
-        explained = f"{method} heatmap of {heat.target} ({heat.network})"
+        overlay = overlay_heatmap(image.pixels, heat.as_float(), settings.opacity)
+        explained = f"{settings.method} heatmap of {heat.target} ({heat.network})"
         st.image(overlay, caption=explained, width="stretch")
         if heat.note:
             st.caption(heat.note)
@@ -209,11 +199,51 @@ def _show_heatmap(
         return None, None
 
 
-def _show_result(image: LoadedImage, prediction: Prediction, digest: str, index: int, batch: bool) -> None:
-    if mode == COMPARE:
+def _show_reconstruction(item: BatchItem, installed: Installed) -> None:
+    recon = memo(
+        installed.store,
+        ("reconstruction", item.digest, installed.fingerprint),
+        functools.partial(installed.pred.reconstruction, item.image.pixels),
+    )
+    if recon is not None:
+        rebuilt_col, error_col, _ = st.columns([1, 1, 1.15], gap="medium")
+        rebuilt_col.image(recon[0], caption="Autoencoder reconstruction", width="stretch")
+        error_col.image(
+            recon[1], caption="Reconstruction error (brighter = less like training X-rays)", width="stretch"
+        )
+
+
+def _show_reports(
+    item: BatchItem, index: int, overlay: np.ndarray, explained: str | None, installed: Installed
+) -> None:
+    image, prediction = item.image, item.prediction
+    card = installed.cards.get(prediction.model, {"id": prediction.model})
+    stem = image.name.rsplit(".", 1)[0] or "image"
+    with st.container(horizontal=True):
+        for label, build, mime in (
+            ("PNG", report.report_png, "image/png"),
+            ("PDF", report.report_pdf, "application/pdf"),
+        ):
+            st.download_button(
+                f"Report ({label})",
+                functools.partial(_report_bytes, build, image, overlay, prediction, card, explained=explained),
+                file_name=f"{stem}_report.{label.lower()}",
+                mime=mime,
+                key=f"report_{label.lower()}_{index}",
+                on_click="ignore",
+                icon=":material/download:",
+            )
+
+
+def result_ui(item: BatchItem, index: int, batch: bool, settings: Settings, installed: Installed) -> None:
+    """One analysed file: verdict (or "Not assessed"), heatmap, probabilities, warnings, details, reports."""
+    image, prediction = item.image, item.prediction
+    if settings.mode == COMPARE:
         st.markdown("**Every installed model on this image**")
         table = memo(
-            store, ("compare", digest, image.name, fingerprint), functools.partial(diagnosis.compare_frame, pred, image)
+            installed.store,
+            ("compare", item.digest, image.name, installed.fingerprint),
+            functools.partial(diagnosis.compare_frame, installed.pred, image),
         )
         st.dataframe(table, hide_index=True, key=f"compare_{index}")
 
@@ -232,7 +262,7 @@ def _show_result(image: LoadedImage, prediction: Prediction, digest: str, index:
                 )
                 heat_col, output_col = st.columns(2, gap="medium")
                 with heat_col:
-                    overlay, explained = _show_heatmap(image, prediction, digest, index)
+                    overlay, explained = _show_heatmap(item, index, settings, installed)
                 with output_col:
                     _show_probabilities(prediction, index)
                     _show_subtype(prediction)
@@ -240,23 +270,15 @@ def _show_result(image: LoadedImage, prediction: Prediction, digest: str, index:
         image_col, heat_col, result_col = st.columns([1, 1, 1.15], gap="medium")
         image_col.image(image.pixels, caption=f"{image.name} ({image.source_format})", width="stretch")
         with heat_col:
-            overlay, explained = _show_heatmap(image, prediction, digest, index)
+            overlay, explained = _show_heatmap(item, index, settings, installed)
         with result_col:
             st.subheader(prediction.verdict)
             _show_probabilities(prediction, index)
             _show_warnings(prediction)
             _show_subtype(prediction)
 
-    if show_reconstruction:
-        recon = memo(
-            store, ("reconstruction", digest, fingerprint), functools.partial(pred.reconstruction, image.pixels)
-        )
-        if recon is not None:
-            rebuilt_col, error_col, _ = st.columns([1, 1, 1.15], gap="medium")
-            rebuilt_col.image(recon[0], caption="Autoencoder reconstruction", width="stretch")
-            error_col.image(
-                recon[1], caption="Reconstruction error (brighter = less like training X-rays)", width="stretch"
-            )
+    if settings.show_reconstruction:
+        _show_reconstruction(item, installed)
 
     facts = diagnosis.file_facts(image)
     if batch:
@@ -268,36 +290,22 @@ def _show_result(image: LoadedImage, prediction: Prediction, digest: str, index:
             )
 
     if overlay is not None:
-        card = cards.get(prediction.model, {"id": prediction.model})
-        stem = image.name.rsplit(".", 1)[0] or "image"
-        with st.container(horizontal=True):
-            for label, build, mime in (
-                ("PNG", report.report_png, "image/png"),
-                ("PDF", report.report_pdf, "application/pdf"),
-            ):
-                st.download_button(
-                    f"Report ({label})",
-                    functools.partial(_report_bytes, build, image, overlay, prediction, card, explained=explained),
-                    file_name=f"{stem}_report.{label.lower()}",
-                    mime=mime,
-                    key=f"report_{label.lower()}_{index}",
-                    on_click="ignore",
-                    icon=":material/download:",
-                )
+        _show_reports(item, index, overlay, explained, installed)
 
 
-def analyse(index: int, name: str, data: bytes, batch: bool) -> BatchItem:
+def analyse(index: int, name: str, data: bytes, batch: bool, settings: Settings, installed: Installed) -> BatchItem:
     """Decode, predict and draw one file; every failure becomes one line for the user."""
     shown = display_name(name)
     item = BatchItem(shown)
+    store, model_id = installed.store, settings.model_id
     try:
-        digest = diagnosis.digest(data)
+        item.digest = diagnosis.digest(data)
         with st.spinner(f"Analysing {shown}…"):
-            item.image = memo(store, ("image", digest, name), functools.partial(load_image, data, name))
+            item.image = memo(store, ("image", item.digest, name), functools.partial(load_image, data, name))
             item.prediction = memo(
                 store,
-                ("prediction", digest, name, model_id, fingerprint),
-                functools.partial(pred.predict, item.image, model_id),
+                ("prediction", item.digest, name, model_id, installed.fingerprint),
+                functools.partial(installed.pred.predict, item.image, model_id),
             )
         item.name = item.image.name
         if batch:
@@ -306,7 +314,7 @@ def analyse(index: int, name: str, data: bytes, batch: bool) -> BatchItem:
         else:
             frame = st.container(border=True)
         with frame:
-            _show_result(item.image, item.prediction, digest, index, batch)
+            result_ui(item, index, batch, settings, installed)
     except ImageLoadError as err:
         item.error = diagnosis.one_line(err)
         st.error(item.error)
@@ -321,34 +329,62 @@ def analyse(index: int, name: str, data: bytes, batch: bool) -> BatchItem:
     return item
 
 
-# --- results -------------------------------------------------------------------------------------------
+# --- several files -------------------------------------------------------------------------------------
+def batch_ui(items: list[BatchItem], settings: Settings) -> None:
+    """How many files were analysed, the results table and its CSV."""
+    analysed = sum(item.prediction is not None for item in items)
+    st.markdown(f"**{analysed} of {len(items)} files analysed** with {settings.model_id}")
+    table = diagnosis.batch_frame(items)
+    probability_columns = {
+        c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns if c.startswith("P(")
+    }
+    shown = [c for c in table.columns if c not in ("model", "ood_score")]  # both stay in the CSV
+    st.dataframe(
+        table,
+        hide_index=True,
+        key="batch_results",
+        row_height=64,
+        column_order=shown,
+        column_config={"image": st.column_config.ImageColumn("image", width="small"), **probability_columns},
+    )
+    st.download_button(
+        "Download results (CSV)",
+        diagnosis.batch_csv(items),
+        file_name="cxrdemo_results.csv",
+        mime="text/csv",
+        key="batch_csv",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+
+
+# --- the page ------------------------------------------------------------------------------------------
+pred = predictor()
+page_sidebar(pred)
+active = active_model(pred)
+if active is None:
+    st.info("No binary classifier is installed yet: train and promote one on the Admin page.")
+    st.stop()
+installed = Installed(pred, pred.cards(), st.session_state.setdefault("_diagnose_memo", {}))
+
+# The Dataset explorer sets a manifest path and switches here; take it over so it stays until cleared.
+handed_over = st.session_state.pop("diagnose_example", None)
+if handed_over:
+    st.session_state[EXAMPLE_KEY] = Example(str(handed_over), sample=False)
+
+sources = sources_ui(installed, example_col, uploads)
+if not sources:
+    st.info("Upload one or more chest X-rays, or try an example, to see what the models make of them.")
+    st.stop()
+try:
+    settings = settings_ui(installed, active)
+except ModelLoadError as err:
+    st.error(diagnosis.one_line(err))
+    st.stop()
+
 batch = len(sources) > 1
 summary_area = st.container()
-items = [analyse(index, name, data, batch) for index, (name, data) in enumerate(sources)]
-
+items = [analyse(index, name, data, batch, settings, installed) for index, (name, data) in enumerate(sources)]
 if batch:
     with summary_area:
-        analysed = sum(item.prediction is not None for item in items)
-        st.markdown(f"**{analysed} of {len(items)} files analysed** with {model_id}")
-        table = diagnosis.batch_frame(items)
-        probability_columns = {
-            c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns if c.startswith("P(")
-        }
-        shown = [c for c in table.columns if c not in ("model", "ood_score")]  # both stay in the CSV
-        st.dataframe(
-            table,
-            hide_index=True,
-            key="batch_results",
-            row_height=64,
-            column_order=shown,
-            column_config={"image": st.column_config.ImageColumn("image", width="small"), **probability_columns},
-        )
-        st.download_button(
-            "Download results (CSV)",
-            diagnosis.batch_csv(items),
-            file_name="cxrdemo_results.csv",
-            mime="text/csv",
-            key="batch_csv",
-            on_click="ignore",
-            icon=":material/download:",
-        )
+        batch_ui(items, settings)

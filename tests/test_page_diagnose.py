@@ -8,7 +8,6 @@ so a model promoted by a background job mid-run cannot change the answers under 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -33,6 +32,7 @@ from cxrdemo.preprocess import to_input
 from cxrdemo.registry import write_model
 from tests import corpus
 from tests.corpus import dicom_bytes
+from tests.weights_snapshot import snapshot_weights
 
 APP = str(REPO_ROOT / "app.py")
 PATIENT = "Doe^Janet^Private"
@@ -41,8 +41,7 @@ PATIENT = "Doe^Janet^Private"
 @pytest.fixture(scope="module", autouse=True)
 def _weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A frozen copy of the installed models; CXRDEMO_WEIGHTS points the app at it."""
-    target = tmp_path_factory.mktemp("diagnose") / "weights"
-    shutil.copytree(REPO_ROOT / "weights", target, ignore=shutil.ignore_patterns(".rollback"))
+    target = snapshot_weights(tmp_path_factory.mktemp("diagnose") / "weights")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CXRDEMO_WEIGHTS", str(target))
         yield target
@@ -374,7 +373,7 @@ def combined_weights(_weights: Path, tmp_path_factory: pytest.TempPathFactory) -
     is all positive (so it always predicts the positive class), a random subtype model, and a random
     autoencoder with a threshold near 0 (so every image is flagged out-of-distribution)."""
     target = tmp_path_factory.mktemp("combined") / "weights"
-    shutil.copytree(_weights, target)
+    snapshot_weights(target, _weights)
     pred = Predictor(target)
     backbone = next(
         (
