@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from cxrdemo.ui import navigation
+from cxrdemo.app.ui import navigation
 
 st.set_page_config(page_title="cxrdemo", page_icon=":material/pulmonology:", layout="wide")
 navigation()

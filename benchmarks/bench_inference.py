@@ -27,15 +27,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cxrdemo.explain import fast_gradcam, overlay_heatmap
-from cxrdemo.forward import classify
-from cxrdemo.imaging import load_image
-from cxrdemo.models import cam_target_layer
+from cxrdemo.imaging.decode import load_image
+from cxrdemo.imaging.preprocess import to_input
+from cxrdemo.inference.explain import fast_gradcam, overlay_heatmap
+from cxrdemo.inference.forward import classify
+from cxrdemo.inference.predict import Predictor
+from cxrdemo.models.architectures import cam_target_layer
+from cxrdemo.models.registry import load_model
 from cxrdemo.paths import SAMPLE_DIR
 from cxrdemo.precision import processor_name
-from cxrdemo.predict import Predictor
-from cxrdemo.preprocess import to_input
-from cxrdemo.registry import load_model
 
 TARGET_RATIO = 1 / 3  # issue 11: predict + Grad-CAM p50 at most a third of the typical path's
 

@@ -2,9 +2,9 @@
 
     python -m benchmarks.bench_ood --data ../shared/data/chest_xray
 
-Rows: every non-chest-X-ray image that installed packages ship (`cxrdemo.ood_corpus`), by category,
+Rows: every non-chest-X-ray image that installed packages ship (`cxrdemo.imaging.ood_corpus`), by category,
 and the test split (normal and pneumonia), with the fraction flagged. Thresholds come from the
-validation split only (see `cxrdemo.ood`); this script only measures.
+validation split only (see `cxrdemo.inference.ood`); this script only measures.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from cxrdemo.data import load_dataset
-from cxrdemo.imaging import ImageLoadError, load_image, load_image_file
-from cxrdemo.ood_corpus import ood_images
-from cxrdemo.predict import Predictor
+from cxrdemo.data.dataset import load_dataset
+from cxrdemo.imaging.decode import ImageLoadError, load_image, load_image_file
+from cxrdemo.imaging.ood_corpus import ood_images
+from cxrdemo.inference.predict import Predictor
 
 
 def main() -> None:

@@ -4,9 +4,9 @@
                                         [--threads 1] [--json [OUT]]
 
 Images: N validation images per model (balanced NORMAL/PNEUMONIA), carved from the train split with the
-model card's `training.val_fraction` and `training.seed` (`cxrdemo.data.patient_split`), never the test
-split: this benchmark is for choosing a CAM method. Heatmaps come from `cxrdemo.explain.explain`, the
-app's own path, for the predicted class; the measures are in `cxrdemo.saliency` (its docstring explains
+model card's `training.val_fraction` and `training.seed` (`cxrdemo.data.dataset.patient_split`), never the test
+split: this benchmark is for choosing a CAM method. Heatmaps come from `cxrdemo.inference.explain.explain`, the
+app's own path, for the predicted class; the measures are in `cxrdemo.evaluation.saliency` (its docstring explains
 ROAD, the lung-region estimate and its limitations). Defaults: every installed classifier, every method
 explain offers, the data in `--data`, CXRDEMO_DATA, ../shared/data/chest_xray, else the bundled sample.
 
@@ -15,7 +15,7 @@ random map), the library's cam x image confidence change (mean), lung-mass share
 lung mask's share of the area (what a uniform map gets), border-band share (outer 10 %; a uniform map
 gets 0.36) and the median milliseconds of one `explain` call (image -> heatmap and overlay) at the chosen
 torch thread count. "n (flat)" counts the images and, of them, the all-zero heatmaps, which are left out
-of the means. `--json` writes the same rows (default path `cxrdemo.saliency.DEFAULT_JSON`).
+of the means. `--json` writes the same rows (default path `cxrdemo.evaluation.saliency.DEFAULT_JSON`).
 """
 
 from __future__ import annotations
@@ -33,14 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrdemo.data import load_dataset, patient_split
-from cxrdemo.explain import CAM_METHODS, explain
-from cxrdemo.fileio import atomic_write_json
-from cxrdemo.imaging import load_image_file
-from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
-from cxrdemo.preprocess import to_input
-from cxrdemo.registry import list_cards, load_model
-from cxrdemo.saliency import (
+from cxrdemo.data.dataset import load_dataset, patient_split
+from cxrdemo.evaluation.saliency import (
     BORDER_FRACTION,
     DEFAULT_JSON,
     ROAD_PERCENTILES,
@@ -55,6 +49,12 @@ from cxrdemo.saliency import (
     road_combined,
     validation_sample,
 )
+from cxrdemo.fileio import atomic_write_json
+from cxrdemo.imaging.decode import load_image_file
+from cxrdemo.imaging.preprocess import to_input
+from cxrdemo.inference.explain import CAM_METHODS, explain
+from cxrdemo.models.registry import list_cards, load_model
+from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "chest_xray"
 

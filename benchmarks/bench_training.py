@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from cxrdemo.data import load_dataset
-from cxrdemo.models import create_model
+from cxrdemo.data.dataset import load_dataset
+from cxrdemo.data.tensor_cache import load_pixels
+from cxrdemo.imaging.preprocess import Preprocessing, normalize
+from cxrdemo.models.architectures import create_model
 from cxrdemo.precision import autocast, cpu_has_native_bf16, processor_name, to_channels_last
-from cxrdemo.preprocess import Preprocessing, normalize
 from cxrdemo.tasks import get_task
-from cxrdemo.tensor_cache import load_pixels
 from cxrdemo.training import TrainConfig
 from cxrdemo.training.checkpoint import TrainState
 from cxrdemo.training.data import PreparedData, SplitData

@@ -2,7 +2,7 @@
 
     python -m benchmarks.quality_table [--split test]
 
-Every number was measured by `cxrdemo.finalize` (or `knn`, `ensemble`, `anomaly`) on the named split
+Every number was measured by `cxrdemo.training.finalize` (or `knn`, `ensemble`, `anomaly`) on the named split
 after all choices were made on validation; `python -m cxrdemo evaluate --model ID --split test`
 re-measures one.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxrdemo.registry import list_cards
+from cxrdemo.models.registry import list_cards
 
 COLUMNS = ("accuracy", "roc_auc", "sensitivity", "specificity", "f1", "pr_auc", "macro_roc_auc", "macro_f1")
 

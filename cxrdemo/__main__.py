@@ -1,3 +1,3 @@
-from cxrdemo.cli import main
+from cxrdemo.app.cli import main
 
 raise SystemExit(main())

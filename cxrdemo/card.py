@@ -30,7 +30,7 @@ def now() -> str:
 class ModelCard:
     kind: str  # one of KINDS
     task: str  # binary | subtype | anomaly (the autoencoder)
-    arch: str  # an architecture of cxrdemo.models, or "knn" / "ensemble"
+    arch: str  # an architecture of cxrdemo.models.architectures, or "knn" / "ensemble"
     classes: list[str]  # output order; empty for the autoencoder
     preprocessing: dict | None = None  # Preprocessing.to_dict(); None for the ensemble (members have theirs)
     threshold: float | None = None  # decision threshold on P(positive class); None: argmax / not binary

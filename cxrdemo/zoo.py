@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from cxrdemo.fileio import read_json
-from cxrdemo.finalize import default_model_id
 from cxrdemo.paths import weights_dir
 from cxrdemo.training.command import parse_train_args, train_command
+from cxrdemo.training.finalize import default_model_id
 
 Plan = list[tuple[str, str, list[str]]]  # (arch, task, extra `train` arguments)
 

@@ -1,6 +1,6 @@
 """Admin: sign in, start a background training job, watch it, then promote or roll back its model.
 
-Training never runs in this script: `cxrdemo.jobs` starts `python -m cxrdemo train` as its own
+Training never runs in this script: `cxrdemo.training.jobs` starts `python -m cxrdemo train` as its own
 process, and this page only reads what that process writes. Access is checked on every run of the
 page (hiding a page in the navigation is not access control).
 """
@@ -13,10 +13,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrdemo import auth, jobs, registry
-from cxrdemo.models import list_models
+from cxrdemo.app import auth
+from cxrdemo.app.ui import page_frame
+from cxrdemo.models import registry
+from cxrdemo.models.architectures import list_models
 from cxrdemo.tasks import TASKS
-from cxrdemo.ui import page_frame
+from cxrdemo.training import jobs
 
 ADMIN_KEY = "admin"
 FLASH_KEY = "admin_flash"  # a message that survives the rerun after starting a job

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from cxrdemo.ui import active_model, page_header, page_sidebar, predictor
+from cxrdemo.app.ui import active_model, page_header, page_sidebar, predictor
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from cxrdemo.predict import Prediction
+    from cxrdemo.inference.predict import Prediction
 
 log = logging.getLogger("cxrdemo.pages.diagnose")
 
@@ -49,11 +49,12 @@ with upload_col:
 # The uploader is on screen now. The backend comes next: in a fresh server its first import (torch)
 # takes about 3 s on 2 cores, and the user spends that time picking a file instead of looking at a
 # blank page (`python -m benchmarks.bench_app`).
-from cxrdemo import diagnosis, report  # noqa: E402
-from cxrdemo.diagnosis import COMPARE, PREDICTED, SINGLE, BatchItem, Example, Installed, Settings, memo  # noqa: E402
-from cxrdemo.explain import CAM_METHODS, overlay_heatmap  # noqa: E402
-from cxrdemo.imaging import ImageLoadError, display_name, load_image  # noqa: E402
-from cxrdemo.registry import ModelLoadError  # noqa: E402
+from cxrdemo.app import diagnosis  # noqa: E402
+from cxrdemo.app.diagnosis import COMPARE, PREDICTED, SINGLE, BatchItem, Example, Installed, Settings, memo  # noqa: E402
+from cxrdemo.evaluation import report  # noqa: E402
+from cxrdemo.imaging.decode import ImageLoadError, display_name, load_image  # noqa: E402
+from cxrdemo.inference.explain import CAM_METHODS, overlay_heatmap  # noqa: E402
+from cxrdemo.models.registry import ModelLoadError  # noqa: E402
 
 
 # --- inputs --------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Filters -> `explore.filter_frame`; a paged thumbnail grid; one image opened large with its manifest
 row and a "Send to Diagnose" button; charts of classes, subtypes, sizes, patients and duplicates.
-Every file is reached from a manifest path through `Dataset.absolute` (in `cxrdemo.explore`).
+Every file is reached from a manifest path through `Dataset.absolute` (in `cxrdemo.evaluation.explore`).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from cxrdemo import explore
-from cxrdemo.data import Dataset, load_dataset
+from cxrdemo.app.ui import page_frame
+from cxrdemo.data.dataset import Dataset, load_dataset
+from cxrdemo.evaluation import explore
 from cxrdemo.paths import data_dir
-from cxrdemo.ui import page_frame
 
 GRID_COLUMNS = 6
 IMAGE_KEY = "explorer_image"

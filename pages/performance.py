@@ -4,7 +4,7 @@ Pick a model and a split; metrics with 95 % bootstrap intervals, the confusion m
 you choose (binary models), ROC / PR / reliability curves, a comparison of all models, and the most
 confident mistakes with Grad-CAM on request; how faithful each CAM method's heatmaps are (the saliency
 benchmark, with live example overlays) and how the out-of-distribution check decides. All numbers come
-from `cxrdemo.performance` and `cxrdemo.saliency`.
+from `cxrdemo.evaluation.performance` and `cxrdemo.evaluation.saliency`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrdemo import explore, performance, saliency
-from cxrdemo.data import Dataset, load_dataset
-from cxrdemo.explain import CAM_METHODS
+from cxrdemo.app.ui import MODEL_KEY, page_frame
+from cxrdemo.data.dataset import Dataset, load_dataset
+from cxrdemo.evaluation import explore, performance, saliency
+from cxrdemo.inference.explain import CAM_METHODS
 from cxrdemo.paths import SAMPLE_DIR, data_dir
-from cxrdemo.ui import MODEL_KEY, page_frame
 
 GALLERY_SIZE = 6
 GALLERY_COLUMNS = 3

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrdemo import auth
+from cxrdemo.app import auth
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from cxrdemo import saliency
+from cxrdemo.evaluation import saliency
 from cxrdemo.paths import REPO_ROOT
 from tests.test_browser import SLOW, goto
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from cxrdemo import calibration, metrics
+from cxrdemo.evaluation import calibration, metrics
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

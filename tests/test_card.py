@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cxrdemo.card import CardError, ModelCard
+from cxrdemo.models.registry import ModelLoadError, list_cards, load_card
 from cxrdemo.paths import REPO_ROOT, weights_dir
-from cxrdemo.registry import ModelLoadError, list_cards, load_card
 
 SHIPPED = sorted(weights_dir().glob("*.json"))  # the session snapshot (tests/conftest.py)
 

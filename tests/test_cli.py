@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from cxrdemo.inference.predict import Predictor
+from cxrdemo.models.registry import list_cards
 from cxrdemo.paths import REPO_ROOT
-from cxrdemo.predict import Predictor
-from cxrdemo.registry import list_cards
 from tests.corpus import bad_input_corpus
 from tests.weights_snapshot import snapshot_weights
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrdemo.imaging import load_image_file
-from cxrdemo.predict import Predictor
+from cxrdemo.imaging.decode import load_image_file
+from cxrdemo.inference.predict import Predictor
 
 
 @pytest.fixture(scope="module")

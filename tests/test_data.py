@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from cxrdemo.augment import AugmentConfig, augment
-from cxrdemo.data import load_dataset, parse_file_name, patient_split
-from cxrdemo.imaging import load_image_file
-from cxrdemo.preprocess import resize_square
+from cxrdemo.data.dataset import load_dataset, parse_file_name, patient_split
+from cxrdemo.data.tensor_cache import cache_key, load_pixels
+from cxrdemo.imaging.augment import AugmentConfig, augment
+from cxrdemo.imaging.decode import load_image_file
+from cxrdemo.imaging.preprocess import resize_square
 from cxrdemo.tasks import get_task
-from cxrdemo.tensor_cache import cache_key, load_pixels
 
 # the table in the dataset README
 README_COUNTS = {
@@ -200,8 +200,8 @@ def test_augment_keeps_shape_and_range_and_is_seeded(sample_dir: Path, private_c
 
 def test_evaluation_validates_on_the_images_training_validated_on(sample_dir: Path, private_cache: Path):
     """`evaluate --split val` of a model trained with --subset scores the subset's validation side."""
-    from cxrdemo.data import card_validation_split
-    from cxrdemo.evaluate import split_frame
+    from cxrdemo.data.dataset import card_validation_split
+    from cxrdemo.evaluation.evaluate import split_frame
     from cxrdemo.training.config import TrainConfig
     from cxrdemo.training.data import prepare_data
 

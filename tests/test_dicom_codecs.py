@@ -24,8 +24,8 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from cxrdemo import dicom
-from cxrdemo.imaging import ImageLoadError, LoadedImage, load_image
+from cxrdemo.imaging import dicom
+from cxrdemo.imaging.decode import ImageLoadError, LoadedImage, load_image
 from cxrdemo.paths import REPO_ROOT
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -255,7 +255,7 @@ def test_missing_decoder_is_named_not_called_damage() -> None:
 import json, sys, warnings
 sys.modules["pylibjpeg"] = None  # as if not installed
 warnings.simplefilter("ignore")
-from cxrdemo.imaging import ImageLoadError, load_image_file
+from cxrdemo.imaging.decode import ImageLoadError, load_image_file
 out = {{}}
 for name in ("MR_small_jpeg_ls_lossless.dcm", "JPGExtended.dcm", "MR_small_jp2klossless.dcm"):
     try:

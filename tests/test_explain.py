@@ -14,9 +14,9 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from cxrdemo.explain import CAM_METHODS, Explanation, explain, fast_gradcam, overlay_heatmap
-from cxrdemo.models import Classifier, create_model
-from cxrdemo.preprocess import Preprocessing, to_input
+from cxrdemo.imaging.preprocess import Preprocessing, to_input
+from cxrdemo.inference.explain import CAM_METHODS, Explanation, explain, fast_gradcam, overlay_heatmap
+from cxrdemo.models.architectures import Classifier, create_model
 
 SPEC = Preprocessing()
 

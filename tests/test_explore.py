@@ -1,4 +1,4 @@
-"""Dataset statistics (`cxrdemo.explore`): README numbers on the full dataset, filters on the sample."""
+"""Dataset statistics (`cxrdemo.evaluation.explore`): README numbers on the full dataset, filters on the sample."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrdemo import explore
-from cxrdemo.data import load_dataset
-from cxrdemo.registry import sha256_file
+from cxrdemo.data.dataset import load_dataset
+from cxrdemo.evaluation import explore
+from cxrdemo.models.registry import sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from cxrdemo.models.registry import ModelLoadError, promote
 from cxrdemo.paths import REPO_ROOT
-from cxrdemo.registry import ModelLoadError, promote
 
 FILE_SIZE_LIMIT = 200 * 1024  # bytes: logs and status fit, the pixel cache and the model do not
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from streamlit.material_icon_names import ALL_MATERIAL_ICONS
 
-from cxrdemo.ui import PAGES
+from cxrdemo.app.ui import PAGES
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_FILES = [ROOT / "app.py", ROOT / "cxrdemo" / "ui.py", *sorted((ROOT / "pages").glob("*.py"))]
+APP_FILES = [ROOT / "app.py", ROOT / "cxrdemo" / "app" / "ui.py", *sorted((ROOT / "pages").glob("*.py"))]
 EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0f]")
 MATERIAL = re.compile(r":material/([a-z0-9_]+):")
 

@@ -1,4 +1,4 @@
-"""cxrdemo.imaging on the bundled sample and on every file of the strange-upload corpus."""
+"""cxrdemo.imaging.decode on the bundled sample and on every file of the strange-upload corpus."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from cxrdemo import imaging
-from cxrdemo.imaging import ImageLoadError, LoadedImage, display_name, load_image, load_image_file
+from cxrdemo.imaging import decode
+from cxrdemo.imaging.decode import ImageLoadError, LoadedImage, display_name, load_image, load_image_file
 from cxrdemo.paths import SAMPLE_DIR
 from tests.corpus import PATIENT_ID, PATIENT_NAME, CorpusFile, bad_input_corpus, dicom_bytes
 
@@ -65,7 +65,7 @@ def _assert_well_formed(image: LoadedImage) -> None:
     assert image.pixels.dtype == np.uint8 and image.pixels.ndim == 2
     height, width = image.pixels.shape
     assert image.original_size == (width, height)
-    assert min(width, height) >= imaging.MIN_SIDE and width * height <= imaging.MAX_PIXELS
+    assert min(width, height) >= decode.MIN_SIDE and width * height <= decode.MAX_PIXELS
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in image.metadata.items())
     assert all(isinstance(w, str) and w and "\n" not in w for w in image.warnings)
 
@@ -269,7 +269,7 @@ def test_decompression_bombs_are_refused_from_the_header(corpus: dict[str, Corpu
     for name, claimed in (("bomb_50000x50000.png", "2,500,000,000 pixels"), ("dicom_bomb.dcm", "50000 x 50000")):
         with pytest.raises(ImageLoadError, match="too large to open safely") as caught:
             load_image(corpus[name].data, name)
-        assert claimed in str(caught.value) and f"{imaging.MAX_PIXELS:,}" in str(caught.value)
+        assert claimed in str(caught.value) and f"{decode.MAX_PIXELS:,}" in str(caught.value)
     with pytest.raises(ImageLoadError, match="8000 x 6000 = 48,000,000 pixels"):
         load_image(corpus["big_8000x6000.png"].data, "big_8000x6000.png")
 
@@ -283,7 +283,7 @@ def test_failures_leave_pillow_global_settings_alone(corpus: dict[str, CorpusFil
 
 
 def test_upload_size_limit(sample_jpeg_bytes: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(imaging, "MAX_UPLOAD_BYTES", len(sample_jpeg_bytes) - 1)
+    monkeypatch.setattr(decode, "MAX_UPLOAD_BYTES", len(sample_jpeg_bytes) - 1)
     with pytest.raises(ImageLoadError, match=r"^big\.jpeg is too large .*the limit is"):
         load_image(sample_jpeg_bytes, "big.jpeg")
     path = tmp_path / "big.jpeg"
@@ -310,7 +310,7 @@ def test_missing_file_is_one_clear_line(tmp_path: Path) -> None:
 )
 def test_display_name_is_sanitised(raw: str, shown: str) -> None:
     assert display_name(raw) == shown
-    assert len(display_name(raw)) <= imaging.MAX_NAME_CHARS
+    assert len(display_name(raw)) <= decode.MAX_NAME_CHARS
 
 
 def test_hostile_name_cannot_break_the_error_line() -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from cxrdemo import jobs, registry
+from cxrdemo.models import registry
 from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
+from cxrdemo.training import jobs
 
 TINY = dict(arch="cnn4", task="binary", subset=24, device="cpu")  # ~10 s of CPU on the sample
 
@@ -80,7 +81,7 @@ def test_tiny_job_finishes_then_promote_and_rollback(runs: Path, weights_copy: P
 
     # The history is read from disk, so a fresh interpreter (a restarted app) sees the same job.
     fresh = subprocess.run(
-        [sys.executable, "-c", "from cxrdemo import jobs; j = jobs.list_jobs()[0]; print(j.id, j.state)"],
+        [sys.executable, "-c", "from cxrdemo.training import jobs; j = jobs.list_jobs()[0]; print(j.id, j.state)"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from cxrdemo import metrics
+from cxrdemo.evaluation import metrics
 from cxrdemo.paths import SAMPLE_DIR
 from cxrdemo.tasks import TASKS
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from cxrdemo.models import AutoEncoder, Classifier, cam_target_layer, create_model, list_models
+from cxrdemo.models.architectures import AutoEncoder, Classifier, cam_target_layer, create_model, list_models
 
 CLASSIFIERS = [name for name in list_models() if name != "autoencoder"]
 

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from cxrdemo.imaging import ImageLoadError, load_image, load_image_file
-from cxrdemo.ood import image_statistics, statistics_distance
-from cxrdemo.ood_corpus import ood_images
-from cxrdemo.predict import NOT_ASSESSED, Predictor
-from cxrdemo.preprocess import resize_square
+from cxrdemo.imaging.decode import ImageLoadError, load_image, load_image_file
+from cxrdemo.imaging.ood_corpus import ood_images
+from cxrdemo.imaging.preprocess import resize_square
+from cxrdemo.inference.ood import image_statistics, statistics_distance
+from cxrdemo.inference.predict import NOT_ASSESSED, Predictor
 from tests.corpus import dicom_bytes
 
 SAMPLE_FILM = sorted((Path(__file__).parents[1] / "data" / "sample").glob("*/NORMAL/*.jpeg"))[0]

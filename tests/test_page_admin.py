@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo import jobs
 from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
+from cxrdemo.training import jobs
 
 PASSWORD = "correct horse"
 

@@ -23,13 +23,13 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo import diagnosis
-from cxrdemo.imaging import load_image
-from cxrdemo.models import create_model
+from cxrdemo.app import diagnosis
+from cxrdemo.imaging.decode import load_image
+from cxrdemo.imaging.preprocess import to_input
+from cxrdemo.inference.predict import Prediction, Predictor
+from cxrdemo.models.architectures import create_model
+from cxrdemo.models.registry import write_model
 from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
-from cxrdemo.predict import Prediction, Predictor
-from cxrdemo.preprocess import to_input
-from cxrdemo.registry import write_model
 from tests import corpus
 from tests.corpus import dicom_bytes
 from tests.weights_snapshot import snapshot_weights

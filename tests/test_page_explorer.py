@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo.data import load_dataset
+from cxrdemo.data.dataset import load_dataset
 from cxrdemo.paths import REPO_ROOT
 
 

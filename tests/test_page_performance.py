@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo import performance, saliency
+from cxrdemo.app.ui import MODEL_KEY
+from cxrdemo.evaluation import performance, saliency
+from cxrdemo.inference.predict import Predictor
+from cxrdemo.models.registry import list_cards
 from cxrdemo.paths import REPO_ROOT
-from cxrdemo.predict import Predictor
-from cxrdemo.registry import list_cards
-from cxrdemo.ui import MODEL_KEY
 from tests.test_performance import MISSING_FROM_SAMPLE, write_synthetic_models
 
 INSTALLED = sorted(performance.evaluated_cards())

@@ -1,4 +1,4 @@
-"""Per-model performance from stored predictions (`cxrdemo.performance`).
+"""Per-model performance from stored predictions (`cxrdemo.evaluation.performance`).
 
 Every installed model with predictions must reproduce its card's numbers; a small synthetic registry
 (a 3-class classifier with logits and a binary ensemble with probabilities only, on the bundled
@@ -14,15 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrdemo import performance
-from cxrdemo.calibration import apply_temperature
-from cxrdemo.data import load_dataset
-from cxrdemo.finalize import prediction_rows
-from cxrdemo.metrics import report
+from cxrdemo.data.dataset import load_dataset
+from cxrdemo.evaluation import performance
+from cxrdemo.evaluation.calibration import apply_temperature
+from cxrdemo.evaluation.metrics import report
+from cxrdemo.inference.predict import Predictor
+from cxrdemo.models.registry import list_cards, write_model
 from cxrdemo.paths import SAMPLE_DIR
-from cxrdemo.predict import Predictor
-from cxrdemo.registry import list_cards, write_model
 from cxrdemo.tasks import get_task
+from cxrdemo.training.finalize import prediction_rows
 
 INSTALLED = sorted(performance.evaluated_cards())
 CLASSIFIERS = [m for m in INSTALLED if list_cards()[m].get("kind", "classifier") == "classifier"]
@@ -249,7 +249,7 @@ def test_stored_probabilities_are_the_calibrated_logits(synthetic: Path):
 
 
 def test_logits_are_the_fallback_without_probability_columns(synthetic: Path, tmp_path: Path):
-    from cxrdemo.registry import load_card, load_predictions
+    from cxrdemo.models.registry import load_card, load_predictions
 
     table = load_predictions("toy-subtype", synthetic)
     table = table.drop(columns=[c for c in table if c.startswith("prob_")])

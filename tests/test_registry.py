@@ -11,10 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cxrdemo.models import create_model
-from cxrdemo.paths import REPO_ROOT
-from cxrdemo.predict import Predictor
-from cxrdemo.registry import (
+from cxrdemo.inference.predict import Predictor
+from cxrdemo.models.architectures import create_model
+from cxrdemo.models.registry import (
     ModelLoadError,
     can_roll_back,
     list_cards,
@@ -23,6 +22,7 @@ from cxrdemo.registry import (
     rollback,
     write_model,
 )
+from cxrdemo.paths import REPO_ROOT
 
 
 def trained_like_cnn4(seed: int) -> torch.nn.Module:

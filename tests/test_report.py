@@ -1,4 +1,4 @@
-"""cxrdemo.report: the downloadable PNG and PDF reports, on a real sample X-ray and a withheld CT slice."""
+"""cxrdemo.evaluation.report: the downloadable PNG and PDF reports, on a real sample X-ray and a withheld CT slice."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from cxrdemo.explain import overlay_heatmap
-from cxrdemo.imaging import LoadedImage, load_image
-from cxrdemo.predict import Prediction, Predictor
-from cxrdemo.registry import list_cards
-from cxrdemo.report import NOTICE, latin1, model_summary, report_pdf, report_png
+from cxrdemo.evaluation.report import NOTICE, latin1, model_summary, report_pdf, report_png
+from cxrdemo.imaging.decode import LoadedImage, load_image
+from cxrdemo.inference.explain import overlay_heatmap
+from cxrdemo.inference.predict import Prediction, Predictor
+from cxrdemo.models.registry import list_cards
 from tests.weights_snapshot import snapshot_weights
 
 CARD = {

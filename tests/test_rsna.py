@@ -11,8 +11,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from cxrdemo.data import SPLITS, Dataset
-from cxrdemo.rsna import load_rsna
+from cxrdemo.data.dataset import SPLITS, Dataset
+from cxrdemo.data.rsna import load_rsna
 from cxrdemo.tasks import get_task
 from tests.rsna_fixtures import LABEL_COLUMNS, chest_pixels, write_dicom, write_labels
 
@@ -100,11 +100,11 @@ def test_splits_are_disjoint_nonempty_and_stratified(dataset: Dataset) -> None:
 
 
 def test_missing_dicom_is_dropped_reported_and_logged_once(rsna: dict, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="cxrdemo.rsna"):
+    with caplog.at_level(logging.WARNING, logger="cxrdemo.data.rsna"):
         dataset = load_rsna(rsna["labels"], rsna["images"])
     assert dataset.frame.attrs["missing"] == [rsna["missing"]]
     assert rsna["missing"] not in set(dataset.frame["patient_id"])
-    warnings = [r for r in caplog.records if r.name == "cxrdemo.rsna"]
+    warnings = [r for r in caplog.records if r.name == "cxrdemo.data.rsna"]
     assert len(warnings) == 1 and warnings[0].getMessage().startswith("1 patients")
 
 
@@ -173,7 +173,7 @@ def test_rsna_folder_trains_and_evaluates_from_the_command_line(rsna: dict, tmp_
     import subprocess
     import sys
 
-    from cxrdemo.data import load_dataset
+    from cxrdemo.data.dataset import load_dataset
     from cxrdemo.paths import REPO_ROOT
 
     root = rsna["labels"].parent

@@ -13,12 +13,8 @@ import pytest
 import torch
 
 from benchmarks import bench_saliency
-from cxrdemo.data import load_dataset, patient_split
-from cxrdemo.explain import explain
-from cxrdemo.imaging import load_image_file
-from cxrdemo.preprocess import to_input
-from cxrdemo.registry import load_model
-from cxrdemo.saliency import (
+from cxrdemo.data.dataset import load_dataset, patient_split
+from cxrdemo.evaluation.saliency import (
     RESULT_COLUMNS,
     border_band,
     border_share,
@@ -33,6 +29,10 @@ from cxrdemo.saliency import (
     road_combined,
     validation_sample,
 )
+from cxrdemo.imaging.decode import load_image_file
+from cxrdemo.imaging.preprocess import to_input
+from cxrdemo.inference.explain import explain
+from cxrdemo.models.registry import load_model
 
 SMALL_MODEL = "cnn4-binary"
 
@@ -177,9 +177,9 @@ def test_results_table_and_method_summary_from_a_real_benchmark_file(
 
 
 def test_diagnose_tooltip_names_what_the_benchmark_found_for_every_method() -> None:
-    from cxrdemo.diagnosis import cam_method_help
-    from cxrdemo.explain import CAM_METHODS
-    from cxrdemo.saliency import method_summary
+    from cxrdemo.app.diagnosis import cam_method_help
+    from cxrdemo.evaluation.saliency import method_summary
+    from cxrdemo.inference.explain import CAM_METHODS
 
     text = cam_method_help("resnet18-binary")
     assert all(f"**{m}**" in text for m in CAM_METHODS)

@@ -6,7 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from cxrdemo.imaging import MAX_UPLOAD_BYTES
+from cxrdemo.imaging.decode import MAX_UPLOAD_BYTES
 from cxrdemo.paths import REPO_ROOT
 
 
@@ -30,8 +30,8 @@ def test_no_pickle_and_safe_torch_load():
 def test_uploads_never_written_to_disk():
     """Pages and the image loader never open files for writing or save uploads."""
     for path in [
-        REPO_ROOT / "cxrdemo" / "imaging.py",
-        REPO_ROOT / "cxrdemo" / "dicom.py",
+        REPO_ROOT / "cxrdemo" / "imaging" / "decode.py",
+        REPO_ROOT / "cxrdemo" / "imaging" / "dicom.py",
         *sorted((REPO_ROOT / "pages").glob("*.py")),
     ]:
         text = path.read_text()

@@ -1,4 +1,4 @@
-"""Models that answer for themselves (cxrdemo.served) on the shipped weights and the bundled sample."""
+"""Models that answer for themselves (cxrdemo.inference.served) on the shipped weights and the bundled sample."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrdemo.data import load_dataset
-from cxrdemo.imaging import load_image_file
-from cxrdemo.preprocess import PixelImages
-from cxrdemo.registry import list_cards, load_model
-from cxrdemo.served import ServedClassifier, ServedEnsemble, ServedKnn, serve
-from cxrdemo.tensor_cache import DatasetImages
+from cxrdemo.data.dataset import load_dataset
+from cxrdemo.data.tensor_cache import DatasetImages
+from cxrdemo.imaging.decode import load_image_file
+from cxrdemo.imaging.preprocess import PixelImages
+from cxrdemo.inference.served import ServedClassifier, ServedEnsemble, ServedKnn, serve
+from cxrdemo.models.registry import list_cards, load_model
 
 
 @cache

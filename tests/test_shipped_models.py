@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from cxrdemo.data import load_dataset
-from cxrdemo.evaluate import evaluate_model
-from cxrdemo.models import list_models
+from cxrdemo.data.dataset import load_dataset
+from cxrdemo.evaluation.evaluate import evaluate_model
+from cxrdemo.imaging.preprocess import Preprocessing
+from cxrdemo.inference.predict import Predictor
+from cxrdemo.models.architectures import list_models
+from cxrdemo.models.registry import list_cards, load_model, sha256_file
 from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
-from cxrdemo.predict import Predictor
-from cxrdemo.preprocess import Preprocessing
-from cxrdemo.registry import list_cards, load_model, sha256_file
 from cxrdemo.tasks import get_task
 from tests.weights_snapshot import snapshot_weights
 

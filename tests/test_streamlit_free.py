@@ -1,4 +1,4 @@
-"""Only `cxrdemo.ui` may import Streamlit; the training path needs neither Grad-CAM, pydicom nor Streamlit."""
+"""Only `cxrdemo.app.ui` may import Streamlit; the training path needs neither Grad-CAM, pydicom nor Streamlit."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_backend_modules_do_not_import_streamlit():
-    assert "cxrdemo.training.loop" in BACKEND_MODULES and "cxrdemo.predict" in BACKEND_MODULES
+    assert "cxrdemo.training.loop" in BACKEND_MODULES and "cxrdemo.inference.predict" in BACKEND_MODULES
     code = textwrap.dedent(f"""
         import importlib, json, sys
         modules = {BACKEND_MODULES!r}
@@ -60,8 +60,9 @@ def test_blocker_really_blocks():
 
 def test_training_path_needs_no_gradcam_dicom_or_streamlit():
     code = BLOCKER + textwrap.dedent("""
-        import cxrdemo.training.run, cxrdemo.zoo, cxrdemo.finalize, cxrdemo.anomaly, cxrdemo.knn, cxrdemo.cli
-        from cxrdemo.cli import build_parser
+        import cxrdemo.training.run, cxrdemo.zoo, cxrdemo.training.finalize, cxrdemo.training.anomaly
+        import cxrdemo.inference.knn, cxrdemo.app.cli
+        from cxrdemo.app.cli import build_parser
         build_parser().parse_args(["train", "--arch", "cnn4", "--out", "x"])
         print(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
     """)

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrdemo.data import load_dataset
-from cxrdemo.models import list_models
+from cxrdemo.data.dataset import load_dataset
+from cxrdemo.models.architectures import list_models
+from cxrdemo.models.registry import load_model, promote
 from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
-from cxrdemo.registry import load_model, promote
 from cxrdemo.runlog import read_metrics
 
 RUNS = [(arch, "binary") for arch in list_models()] + [("cnn4", "subtype")]
@@ -235,8 +235,8 @@ def test_cli_training_run(arch: str, task: str, runs: dict, tmp_path: Path, monk
     assert loaded.preprocessing.input_size == 64
     if arch != "autoencoder":
         # re-evaluating the installed model reproduces the stored test probabilities
-        from cxrdemo.evaluate import batch_probabilities
-        from cxrdemo.predict import Predictor
+        from cxrdemo.evaluation.evaluate import batch_probabilities
+        from cxrdemo.inference.predict import Predictor
 
         test = sample.split("test")
         again = batch_probabilities(Predictor(tmp_path / "weights"), model_id, sample, test)

@@ -6,8 +6,8 @@ import shutil
 import time
 from pathlib import Path
 
+from cxrdemo.models.registry import list_cards, sha256_file
 from cxrdemo.paths import weights_dir
-from cxrdemo.registry import list_cards, sha256_file
 
 
 def snapshot_weights(target: Path, source: Path | None = None) -> Path:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from cxrdemo.augment import AugmentConfig
+from cxrdemo.imaging.augment import AugmentConfig
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from cxrdemo.data import Dataset, load_dataset, validation_split
+from cxrdemo.data.dataset import Dataset, load_dataset, validation_split
+from cxrdemo.data.tensor_cache import load_pixels
 from cxrdemo.tasks import get_task
-from cxrdemo.tensor_cache import load_pixels
 from cxrdemo.training.config import TrainConfig
 
 

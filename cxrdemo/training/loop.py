@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrdemo.augment import augment
+from cxrdemo.imaging.augment import augment
 from cxrdemo.precision import autocast, channels_last_input
 from cxrdemo.training.checkpoint import TrainState
 from cxrdemo.training.config import TrainConfig

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrdemo.augment import AugmentConfig
-from cxrdemo.forward import predict_logits, reconstruction_errors
-from cxrdemo.metrics import auroc
-from cxrdemo.preprocess import Preprocessing, normalize
+from cxrdemo.evaluation.metrics import auroc
+from cxrdemo.imaging.augment import AugmentConfig
+from cxrdemo.imaging.preprocess import Preprocessing, normalize
+from cxrdemo.inference.forward import predict_logits, reconstruction_errors
 from cxrdemo.training.data import SplitData
 
 # gentle: the autoencoder must learn what normal chest films look like, not every distortion

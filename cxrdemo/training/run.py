@@ -1,7 +1,7 @@
 """Build a run from its config, resume it from its last checkpoint if it has one, fit, select weights.
 
 Validation is carved out of the training split by patient; the test split is never looked at here:
-`cxrdemo.finalize` evaluates the chosen weights once.
+`cxrdemo.training.finalize` evaluates the chosen weights once.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch.distributed as dist
 from torch import nn
 
 from cxrdemo.fileio import atomic_write_json
-from cxrdemo.models import create_model
+from cxrdemo.imaging.preprocess import Preprocessing
+from cxrdemo.models.architectures import create_model
 from cxrdemo.precision import resolve_precision, to_channels_last
-from cxrdemo.preprocess import Preprocessing
 from cxrdemo.runlog import RunLog, read_metrics, rewrite_metrics
 from cxrdemo.tasks import get_task
 from cxrdemo.training.callbacks import BestWeights, Checkpoint, EarlyStopping, JsonLog, ProgressBar

@@ -1,0 +1,360 @@
+"""What the Diagnose page computes and tabulates, without Streamlit.
+
+The page gathers files and settings with widgets and calls these functions: which network explains a
+model (the ensemble and k-NN have none of their own), heatmaps, the probability chart, the batch and
+compare-all tables, CSV export, thumbnails and the bundled examples. `memo` is a small LRU over a
+mapping the page keeps in its session state, so results are reused across reruns of one session and
+forgotten with it (uploads never land in a cache shared between users).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Hashable, MutableMapping
+from dataclasses import dataclass
+from io import BytesIO
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from PIL import Image
+
+from cxrdemo.data.dataset import load_dataset
+from cxrdemo.imaging.decode import LoadedImage
+from cxrdemo.inference.explain import explain
+from cxrdemo.inference.predict import Prediction, Predictor, decided_class
+from cxrdemo.models.registry import LoadedModel, ModelLoadError
+from cxrdemo.paths import SAMPLE_DIR
+
+T = TypeVar("T")
+
+MEMO_ENTRIES = 96  # per session: decoded images, predictions, heatmaps (uint8) and reconstructions
+THUMBNAIL_SIDE = 96
+
+
+# --- caching -----------------------------------------------------------------------------------------
+
+
+def digest(data: bytes) -> str:
+    """Content hash of an upload: the cache key, so a renamed copy is not analysed twice."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def registry_fingerprint(cards: dict[str, dict]) -> str:
+    """Changes whenever any model is promoted, rolled back or removed (all of them feed a prediction:
+    ensemble members, the autoencoder's OOD check, the subtype model)."""
+    parts = sorted(
+        f"{i}:{c.get('weights_sha256') or c.get('created') or c.get('error') or ''}" for i, c in cards.items()
+    )
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def memo(store: MutableMapping, key: Hashable, compute: Callable[[], T], max_entries: int = MEMO_ENTRIES) -> T:
+    """`compute()` once per key; least recently used entries beyond `max_entries` are dropped.
+
+    Exceptions are not stored, so a failure is retried on the next rerun.
+    """
+    if key in store:
+        value = store.pop(key)  # re-insert: dicts keep insertion order, so the end is "most recent"
+        store[key] = value
+        return value
+    value = compute()
+    store[key] = value
+    while len(store) > max_entries:
+        store.pop(next(iter(store)))
+    return value
+
+
+# --- explanations ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Heatmap:
+    heatmap: np.ndarray  # HxW uint8 (0-255 for 0-1): a quarter of the float32 map's memory
+    network: str  # id of the model whose network was explained
+    target: str  # class explained
+    note: str | None  # why another model's network was explained, for a caption
+
+    def as_float(self) -> np.ndarray:
+        return self.heatmap.astype(np.float32) / 255.0
+
+
+def explained_network(pred: Predictor, model_id: str) -> tuple[LoadedModel, str | None]:
+    """The network that stands in for `model_id` in a heatmap (`Predictor.explain_network`), and a note
+    for a caption when that is not the model itself: the ensemble averages other models and k-NN votes
+    among stored embeddings, so neither has a network of its own."""
+    model = pred.get(model_id)
+    return model.explained_network(), model.heatmap_note()
+
+
+def heatmap(pred: Predictor, pixels: np.ndarray, model_id: str, *, method: str, target: str) -> Heatmap:
+    """Class activation map of `target` (a class name) for `model_id` on a grayscale image."""
+    network, note = explained_network(pred, model_id)
+    classes = network.classes
+    if target not in classes:
+        raise ValueError(f"class {target!r} is not one of {network.id}'s classes ({', '.join(classes)})")
+    result = explain(
+        network.module,
+        pixels,
+        network.preprocessing,
+        method=method,
+        target_class=classes.index(target),
+        precision=network.precision,
+    )
+    heat = np.rint(np.clip(result.heatmap, 0.0, 1.0) * 255).astype(np.uint8)
+    return Heatmap(heat, network.id, target, note)
+
+
+# --- charts and tables -------------------------------------------------------------------------------
+
+
+def positive_class(prediction: Prediction) -> str | None:
+    """The thresholded class of a binary prediction (the second class, as in training), else None."""
+    classes = list(prediction.probabilities)
+    return classes[1] if prediction.threshold is not None and len(classes) == 2 else None
+
+
+def output_class(prediction: Prediction) -> str:
+    """The class the model's output gives: the prediction, or for a withheld image the class it would have
+    been (for the heatmap and the compare table's probability column, never shown as a verdict)."""
+    if prediction.prediction is not None:
+        return prediction.prediction
+    classes = list(prediction.probabilities)
+    return decided_class(np.array([prediction.probabilities[c] for c in classes]), classes, prediction.threshold)
+
+
+def probability_figure(prediction: Prediction, *, title: str | None = None) -> go.Figure:
+    """Horizontal bars of the calibrated probabilities; a binary model's threshold marked on its positive bar."""
+    classes = list(prediction.probabilities)
+    values = [prediction.probabilities[c] for c in classes]
+    colours = ["#d6336c" if c == prediction.prediction else "#adb5bd" for c in classes]
+    fig = go.Figure(
+        go.Bar(
+            x=values,
+            y=classes,
+            orientation="h",
+            marker_color=colours,
+            text=[f"{v:.1%}" for v in values],
+            textposition="auto",
+            cliponaxis=False,
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
+    positive = positive_class(prediction)
+    if positive is not None:
+        row = classes.index(positive)
+        fig.add_shape(
+            type="line",
+            x0=prediction.threshold,
+            x1=prediction.threshold,
+            y0=row - 0.48,
+            y1=row + 0.48,
+            xref="x",
+            yref="y",
+            line={"color": "#212529", "width": 2, "dash": "dash"},
+        )
+        # the label sits in the top margin, so it never covers a bar or its percentage
+        fig.add_annotation(
+            x=prediction.threshold,
+            y=1,
+            xref="x",
+            yref="paper",
+            yanchor="bottom",
+            text=f"threshold {prediction.threshold:.2f}",
+            showarrow=False,
+            font={"size": 11},
+        )
+    fig.update_layout(
+        title={"text": title} if title else None,
+        height=80 + 42 * len(classes),
+        margin={"l": 10, "r": 20, "t": 44 if title else 26, "b": 10},
+        xaxis={"range": [0, 1], "tickformat": ".0%", "fixedrange": True},
+        yaxis={"autorange": "reversed", "fixedrange": True},
+        showlegend=False,
+    )
+    return fig
+
+
+def thumbnail_uri(pixels: np.ndarray, side: int = THUMBNAIL_SIDE) -> str:
+    """A small PNG of the image as a data: URI (for st.column_config.ImageColumn)."""
+    img = Image.fromarray(pixels)
+    img.thumbnail((side, side))
+    buffer = BytesIO()
+    img.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@dataclass
+class BatchItem:
+    name: str
+    image: LoadedImage | None = None
+    prediction: Prediction | None = None
+    error: str | None = None  # one line, already shown to the user
+    digest: str = ""  # of the file's bytes: the key of its memoised results
+
+
+SINGLE, COMPARE = "Single model", "Compare all"
+PREDICTED = "predicted class"  # heatmap target option: whichever class this image was given
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user chose above the results; every result on the page is drawn from these."""
+
+    model_id: str  # the active model
+    mode: str = SINGLE  # SINGLE or COMPARE (adds every installed model's answer)
+    method: str = "gradcam"  # CAM method, a key of explain.CAM_METHODS
+    target: str = PREDICTED  # the class the heatmap explains, or PREDICTED
+    opacity: float = 0.4
+    show_reconstruction: bool = False  # the autoencoder's reconstruction and error map
+
+
+@dataclass
+class Installed:
+    """What the page answers with: the shared predictor, its cards and their fingerprint (part of every
+    memo key, so a promotion invalidates results), and this session's memo store."""
+
+    pred: Predictor
+    cards: dict[str, dict]
+    store: MutableMapping
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        self.fingerprint = self.fingerprint or registry_fingerprint(self.cards)
+
+
+def batch_frame(items: list[BatchItem], *, thumbnails: bool = True) -> pd.DataFrame:
+    """One row per file: prediction ("Not assessed" when withheld), withheld, probabilities, threshold,
+    warnings, OOD flag, error."""
+    rows = []
+    for item in items:
+        p = item.prediction
+        row: dict = {}
+        if thumbnails:
+            row["image"] = thumbnail_uri(item.image.pixels) if item.image is not None else None
+        row.update(
+            file=item.name,
+            model=p.model if p else None,
+            prediction=p.verdict if p else None,
+            withheld=p.withheld if p else None,
+        )
+        for cls, prob in p.probabilities.items() if p else ():
+            row[f"P({cls})"] = round(prob, 4)
+        row.update(
+            threshold=round(p.threshold, 4) if p and p.threshold is not None else None,
+            warnings="; ".join(p.warnings) if p else None,
+            ood=p.ood if p else None,
+            ood_score=p.ood_score if p else None,
+            error=item.error,
+        )
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    tail = ["threshold", "error", "warnings", "ood", "ood_score", "model"]
+    return frame[[c for c in frame.columns if c not in tail] + tail] if rows else frame
+
+
+def batch_csv(items: list[BatchItem]) -> bytes:
+    return batch_frame(items, thumbnails=False).to_csv(index=False, float_format="%.6g").encode("utf-8")
+
+
+def compare_frame(pred: Predictor, image: LoadedImage) -> pd.DataFrame:
+    """Every installed binary model's answer on one image; a model that fails to load gets its error."""
+    rows = []
+    for model_id in pred.model_ids("binary"):
+        try:
+            p = pred.predict(image, model_id, with_subtype=False)
+        except ModelLoadError as err:
+            rows.append({"model": model_id, "prediction": None, "error": str(err)})
+            continue
+        positive = positive_class(p) or output_class(p)
+        rows.append(
+            {
+                "model": model_id,
+                "prediction": p.verdict,
+                "class": positive,
+                "probability": round(p.probabilities[positive], 4),
+                "threshold": round(p.threshold, 4) if p.threshold is not None else None,
+                "error": None,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=["model", "prediction", "class", "probability", "threshold", "error"])
+    classes = frame["class"].dropna().unique()
+    if len(classes) == 1:  # all binary models share their positive class: name the column after it
+        frame = frame.drop(columns="class").rename(columns={"probability": f"P({classes[0]})"})
+    if frame["error"].isna().all():
+        frame = frame.drop(columns="error")
+    return frame
+
+
+# --- examples ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Example:
+    path: str  # manifest path, relative to the dataset root
+    sample: bool = True  # True: the bundled sample; False: the configured data folder (Dataset explorer)
+
+    @property
+    def label(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+def sample_examples(split: str = "test") -> list[tuple[str, Example]]:
+    """(button label, example): the first image of each class in the bundled sample's `split`."""
+    frame = load_dataset(SAMPLE_DIR).frame
+    if split in set(frame["split"]):
+        frame = frame[frame["split"] == split]
+    firsts = frame.sort_values("path").groupby("label", sort=True).head(1)
+    return [(str(row.label), Example(str(row.path))) for row in firsts.itertuples()]
+
+
+def read_example(example: Example) -> tuple[str, bytes]:
+    """(file name, bytes) of an example; ValueError outside the data folder, OSError when missing."""
+    dataset = load_dataset(SAMPLE_DIR if example.sample else None)
+    path = dataset.absolute(example.path)
+    return path.name, path.read_bytes()
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+_MARKDOWN_SPECIAL = set("\\`*_{}[]()<>#+-.!|~$:")
+
+
+def markdown_escape(text: str) -> str:
+    """A file name shown literally in Markdown (expander labels, headings)."""
+    return "".join(f"\\{ch}" if ch in _MARKDOWN_SPECIAL else ch for ch in str(text))
+
+
+def decision_text(prediction: Prediction) -> str:
+    """How the class was decided, in words: the threshold rule for binary models, argmax otherwise."""
+    positive = positive_class(prediction)
+    if positive is None:
+        return f"most probable of {len(prediction.probabilities)} classes ({prediction.model})"
+    p = prediction.probabilities[positive]
+    side = "at or above" if p >= prediction.threshold else "below"
+    return f"P({positive}) = {p:.3f}, {side} the threshold {prediction.threshold:.3f} ({prediction.model})"
+
+
+def file_facts(image: LoadedImage) -> list[tuple[str, str]]:
+    """(label, value) facts about a decoded file; `metadata` is already free of patient identifiers."""
+    facts = [("format", image.source_format), ("size", f"{image.original_size[0]} x {image.original_size[1]} px")]
+    facts += [(k, v) for k, v in image.metadata.items() if k != "format"]
+    return facts
+
+
+def cam_method_help(network_id: str) -> str:
+    """The heatmap-method tooltip: what the saliency benchmark found for each method on this network."""
+    from cxrdemo.evaluation.saliency import method_summary
+    from cxrdemo.inference.explain import CAM_METHODS
+
+    lines = [
+        f"- **{m}**: {method_summary(m, network_id) or 'not measured by the saliency benchmark'}" for m in CAM_METHODS
+    ]
+    return (
+        "Class activation map method (scorecam is slow on a CPU). Higher ROAD means the map is more faithful "
+        "to the model; see the Saliency section of the performance page.\n\n" + "\n".join(lines)
+    )

@@ -1,0 +1,277 @@
+"""Inference over the shipped models: one image in, calibrated probabilities and warnings out.
+
+`Predictor` caches loaded models (thread-safe) and is shared by the command line and the app.
+Every classifier's probabilities are temperature-scaled with the temperature from its card, and the
+binary decision uses the card's validation-chosen threshold. An image the out-of-distribution check
+flags is not given a class at all (`Prediction.withheld`): a confident "PNEUMONIA" on a CT slice or a
+photo is worse than no answer. Its probabilities are still computed, for whoever wants to look.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrdemo.evaluation.calibration import apply_temperature
+from cxrdemo.imaging.decode import LoadedImage
+from cxrdemo.imaging.preprocess import PixelImages, to_unit
+from cxrdemo.inference.explain import Explanation, explain
+from cxrdemo.inference.ood import statistics_distance
+from cxrdemo.inference.served import serve
+from cxrdemo.models.registry import LoadedModel, ModelLoadError, list_cards, load_model
+from cxrdemo.paths import weights_dir
+
+DEFAULT_PREFERENCE = ("resnet18-binary", "zubinrnet-binary", "cnn4-binary")
+NOT_ASSESSED = "Not assessed"
+OOD_REASON = "this image does not look like the pediatric chest X-rays the models were trained on"
+
+
+@dataclass
+class Prediction:
+    file: str
+    model: str
+    prediction: str | None  # the class; None when withheld
+    probabilities: dict[str, float]  # class -> calibrated probability, summing to 1 (also when withheld)
+    threshold: float | None  # operating threshold on P(positive class); None for 3 classes
+    withheld: bool = False  # True: out of distribution, no class given; the reason is warnings[0]
+    warnings: list[str] = field(default_factory=list)
+    ood: bool | None = None  # None when no autoencoder is installed
+    ood_score: float | None = None
+    subtype: dict[str, float] | None = None  # normal/bacteria/virus from the subtype model
+
+    @property
+    def verdict(self) -> str:
+        """The headline a user reads: the class, or "Not assessed"."""
+        return NOT_ASSESSED if self.withheld or self.prediction is None else self.prediction
+
+    @property
+    def withheld_reason(self) -> str | None:
+        return self.warnings[0] if self.withheld and self.warnings else None
+
+    @property
+    def other_warnings(self) -> list[str]:
+        """The warnings besides the withheld reason (which a page or report shows with the headline)."""
+        return self.warnings[1:] if self.withheld else list(self.warnings)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decided_class(probabilities: np.ndarray, classes: list[str], threshold: float | None) -> str:
+    """The class the model's output decides: the threshold on P(second class) for a binary model, else
+    the most probable class."""
+    if threshold is not None and len(classes) == 2:
+        return classes[1] if probabilities[1] >= threshold else classes[0]
+    return classes[int(np.argmax(probabilities))]
+
+
+class Predictor:
+    """Loads models lazily from a weights folder and answers predictions for loaded images."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory or weights_dir()
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self.errors: dict[str, str] = {}
+
+    # --- the registry -----------------------------------------------------------------------------
+    def cards(self) -> dict[str, dict]:
+        return list_cards(self.directory)
+
+    def model_ids(self, task: str | None = "binary") -> list[str]:
+        """Usable classifier ids (k-NN and ensemble included) for `task`, ensemble last."""
+        ids = [
+            i
+            for i, c in self.cards().items()
+            if "error" not in c and c.get("kind") in ("classifier", "knn") and (task is None or c.get("task") == task)
+        ]
+        if (task in (None, "binary")) and "ensemble" in self.cards():
+            ids.append("ensemble")
+        return ids
+
+    def default_model_id(self) -> str:
+        ids = self.model_ids("binary")
+        for preferred in DEFAULT_PREFERENCE:
+            if preferred in ids:
+                return preferred
+        if not ids:
+            raise ModelLoadError(f"no binary classifier installed in {self.directory}")
+        return ids[0]
+
+    def warm_up(self) -> None:
+        """Load the default model and the autoencoder; errors are kept, not raised.
+
+        pytorch-grad-cam (and matplotlib with it, 3.6 s on 2 cores) is not imported here: the default
+        heatmap takes explain's one-pass fast path, which needs neither, and importing it here competed
+        with the first request for the CPU. Only another CAM method pays for it, on first use.
+        """
+        try:
+            self.get(self.default_model_id())
+            self.autoencoder()
+        except (ModelLoadError, OSError, ValueError) as err:
+            self.errors.setdefault("warm-up", str(err))
+
+    def subtype_model_id(self) -> str | None:
+        """The installed subtype model with the best validation macro AUROC (test is never consulted)."""
+        cards = self.cards()
+
+        def validation_auroc(model_id: str) -> float:
+            value = cards[model_id].get("metrics", {}).get("val", {}).get("macro_roc_auc", {}).get("value")
+            return -1.0 if value is None else float(value)
+
+        return max(self.model_ids("subtype"), key=validation_auroc, default=None)
+
+    def get(self, model_id: str) -> LoadedModel:
+        """A loaded model, cached; reloaded when its card changed on disk (promotion, rollback)."""
+        card_path = self.directory / f"{model_id}.json"
+        stamp = card_path.stat().st_mtime_ns if card_path.exists() else None
+        with self._lock:
+            cached = self._models.get(model_id)
+            if cached is not None and cached.card.get("_stamp") == stamp:
+                return cached
+            loading = self._loading.setdefault(model_id, threading.Lock())
+        # one load per model at a time (a second caller waits for the first, e.g. behind the warm-up);
+        # different models load in parallel
+        with loading:
+            with self._lock:
+                cached = self._models.get(model_id)
+                if cached is not None and cached.card.get("_stamp") == stamp:
+                    return cached
+            # never as inference tensors: callers inside torch.inference_mode() would otherwise make the
+            # weights unusable for Grad-CAM's backward pass
+            with torch.inference_mode(False):
+                model = serve(load_model(model_id, self.directory), self.get)
+            model.card["_stamp"] = stamp
+            with self._lock:
+                self._models[model_id] = model
+        return model
+
+    # --- predictions ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def probabilities(self, pixels: np.ndarray, model_id: str) -> tuple[np.ndarray, LoadedModel]:
+        """Calibrated class probabilities (C,) of one grayscale image: a batch of one."""
+        model = self.get(model_id)
+        return model.probabilities(PixelImages([pixels]))[0], model
+
+    def predict(self, image: LoadedImage, model_id: str | None = None, *, with_subtype: bool = True) -> Prediction:
+        model_id = model_id or self.default_model_id()
+        probs, model = self.probabilities(image.pixels, model_id)
+        return self._finish(image, model_id, model, probs, with_subtype)
+
+    def explain_network(self, model_id: str) -> tuple[str, LoadedModel]:
+        """The single network Grad-CAM can explain for `model_id` (ensemble: first member; k-NN: backbone)."""
+        network = self.get(model_id).explained_network()
+        return network.id, network
+
+    def predict_and_explain(
+        self,
+        image: LoadedImage,
+        model_id: str | None = None,
+        *,
+        method: str = "gradcam",
+        target_class: int | None = None,
+        opacity: float = 0.4,
+        with_subtype: bool = True,
+    ) -> tuple[Prediction, Explanation, str]:
+        """Prediction plus heatmap; for a plain classifier both come from one forward pass.
+
+        Returns (prediction, explanation, id of the explained network).
+        """
+        model_id = model_id or self.default_model_id()
+        network_id, network = self.explain_network(model_id)
+        explanation = explain(
+            network.module,
+            image.pixels,
+            network.preprocessing,
+            method=method,
+            target_class=target_class,
+            opacity=opacity,
+            precision=network.precision,
+        )
+        if network_id == model_id:
+            probs = apply_temperature(explanation.logits[None], network.temperature)[0]
+            prediction = self._finish(image, model_id, network, probs, with_subtype)
+        else:
+            prediction = self.predict(image, model_id, with_subtype=with_subtype)
+        return prediction, explanation, network_id
+
+    def _finish(
+        self, image: LoadedImage, model_id: str, model: LoadedModel, probs: np.ndarray, with_subtype: bool
+    ) -> Prediction:
+        classes = model.classes
+        threshold = model.threshold if len(classes) == 2 else None
+        label = decided_class(probs, classes, threshold)
+        flagged, ood_score, reason = self.out_of_distribution(image.pixels)
+        # the one place that decides whether an answer is withheld; everything else reads the field
+        withheld = flagged is True
+        result = Prediction(
+            image.name,
+            model_id,
+            None if withheld else label,
+            {c: float(p) for c, p in zip(classes, probs)},
+            threshold,
+            withheld=withheld,
+            warnings=([reason] if withheld else []) + list(image.warnings),
+            ood=flagged,
+            ood_score=ood_score,
+        )
+        if with_subtype and label == "PNEUMONIA":  # computed when withheld too, shown only as model output
+            subtype_id = self.subtype_model_id()
+            if subtype_id:
+                sub, sub_model = self.probabilities(image.pixels, subtype_id)
+                result.subtype = {c: float(p) for c, p in zip(sub_model.classes, sub)}
+        return result
+
+    def compare_all(self, image: LoadedImage) -> list[Prediction]:
+        """Every binary model's answer (the ensemble last)."""
+        return [self.predict(image, m, with_subtype=False) for m in self.model_ids("binary")]
+
+    # --- out-of-distribution check ----------------------------------------------------------------
+    def autoencoder(self) -> LoadedModel | None:
+        if "autoencoder" not in self.cards():
+            return None
+        try:
+            return self.get("autoencoder")
+        except ModelLoadError as err:
+            self.errors["autoencoder"] = str(err)
+            return None
+
+    @torch.inference_mode()
+    def out_of_distribution(self, pixels: np.ndarray) -> tuple[bool | None, float | None, str | None]:
+        """(flagged, autoencoder score, reason): reconstruction error or image statistics out of range.
+
+        The reason is one sentence for a clinician, with each signal that fired against its threshold.
+        """
+        ae = self.autoencoder()
+        if ae is None:
+            return None, None, None
+        x = to_unit(pixels, ae.preprocessing.input_size)
+        score = float(((ae.module(x) - x) ** 2).mean())
+        reasons = []
+        if score > ae.threshold:
+            reasons.append(f"autoencoder reconstruction error {score:.4f} > threshold {ae.threshold:.4f}")
+        statistics = ae.card.get("image_statistics")
+        if statistics:
+            distance = statistics_distance(pixels, statistics)
+            if distance > statistics["threshold"]:
+                reasons.append(f"image statistics {distance:.1f} > threshold {statistics['threshold']:.1f}")
+        if not reasons:
+            return False, score, None
+        return True, score, f"{NOT_ASSESSED}: {OOD_REASON} ({'; '.join(reasons)})."
+
+    @torch.inference_mode()
+    def reconstruction(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(reconstruction, error map) as uint8 images at the autoencoder's input size."""
+        ae = self.autoencoder()
+        if ae is None:
+            return None
+        x = to_unit(pixels, ae.preprocessing.input_size)
+        recon = ae.module(x)
+        error = (recon - x).abs()[0, 0]
+        error = error / max(float(error.max()), 1e-6)
+        return (recon[0, 0].numpy() * 255).astype(np.uint8), (error.numpy() * 255).astype(np.uint8)
