@@ -10,10 +10,9 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
-from cxrdemo.app import auth
+from cxrdemo.app import auth, charts
 from cxrdemo.app.ui import page_frame
 from cxrdemo.models import registry
 from cxrdemo.models.architectures import list_models
@@ -129,10 +128,12 @@ def progress_ui(job: jobs.Job) -> None:
         cols[3].metric("ETA", _duration(last.get("eta_s") or 0.0))
         left, right = st.columns(2)
         left.plotly_chart(
-            curve_figure(records, {"train_loss": "train", "val_loss": "validation"}, "Loss"), key="admin_loss_curve"
+            charts.training_curve_figure(records, {"train_loss": "train", "val_loss": "validation"}, "Loss"),
+            key="admin_loss_curve",
         )
         right.plotly_chart(
-            curve_figure(records, {"val_auroc": "validation"}, "Validation AUROC"), key="admin_auroc_curve"
+            charts.training_curve_figure(records, {"val_auroc": "validation"}, "Validation AUROC"),
+            key="admin_auroc_curve",
         )
     else:
         st.info("Loading data and building the model…")
@@ -145,16 +146,6 @@ def progress_ui(job: jobs.Job) -> None:
             st.error(str(err))
         else:
             st.rerun()
-
-
-def curve_figure(records: list[dict], series: dict[str, str], title: str) -> go.Figure:
-    fig = go.Figure()
-    epochs = [r["epoch"] for r in records]
-    for key, name in series.items():
-        fig.add_trace(go.Scatter(x=epochs, y=[r.get(key) for r in records], mode="lines+markers", name=name))
-    fig.update_layout(title=title, xaxis_title="epoch", height=300, margin=dict(l=10, r=10, t=40, b=10))
-    fig.update_xaxes(dtick=1)  # whole epochs only
-    return fig
 
 
 def history_ui(pred) -> None:

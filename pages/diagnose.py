@@ -49,7 +49,7 @@ with upload_col:
 # The uploader is on screen now. The backend comes next: in a fresh server its first import (torch)
 # takes about 3 s on 2 cores, and the user spends that time picking a file instead of looking at a
 # blank page (`python -m benchmarks.bench_app`).
-from cxrdemo.app import diagnosis  # noqa: E402
+from cxrdemo.app import charts, diagnosis  # noqa: E402
 from cxrdemo.app.diagnosis import COMPARE, PREDICTED, SINGLE, BatchItem, Example, Installed, Settings, memo  # noqa: E402
 from cxrdemo.evaluation import report  # noqa: E402
 from cxrdemo.imaging.decode import ImageLoadError, display_name, load_image  # noqa: E402
@@ -155,7 +155,7 @@ def _show_probabilities(prediction: Prediction, index: int) -> None:
     """The decision rule in words and the probability chart."""
     st.caption(diagnosis.decision_text(prediction))
     st.plotly_chart(
-        diagnosis.probability_figure(prediction), key=f"probabilities_{index}", config={"displayModeBar": False}
+        charts.probability_figure(prediction), key=f"probabilities_{index}", config={"displayModeBar": False}
     )
 
 

@@ -7,9 +7,9 @@ Every file is reached from a manifest path through `Dataset.absolute` (in `cxrde
 
 from __future__ import annotations
 
-import plotly.express as px
 import streamlit as st
 
+from cxrdemo.app import charts
 from cxrdemo.app.ui import page_frame
 from cxrdemo.data.dataset import Dataset, load_dataset
 from cxrdemo.evaluation import explore
@@ -117,50 +117,11 @@ def statistics_ui(stats: dict) -> None:
     cols[4].metric("Duplicate groups", stats["duplicate_groups"], help="groups of byte-identical files")
 
     left, right = st.columns(2)
-    left.plotly_chart(
-        px.bar(
-            stats["class_counts"],
-            x="split",
-            y="images",
-            color="label",
-            barmode="group",
-            text_auto=True,
-            title="Class frequency per split",
-        ),
-        key="chart_classes",
-    )
-    right.plotly_chart(
-        px.bar(
-            stats["subtype_counts"], x="split", y="images", color="subtype", text_auto=True, title="Subtypes per split"
-        ),
-        key="chart_subtypes",
-    )
+    left.plotly_chart(charts.class_frequency_figure(stats["class_counts"]), key="chart_classes")
+    right.plotly_chart(charts.subtype_figure(stats["subtype_counts"]), key="chart_subtypes")
     left, right = st.columns(2)
-    left.plotly_chart(
-        px.histogram(
-            stats["sizes"],
-            x="source_width",
-            color="resolution",
-            barmode="overlay",
-            nbins=60,
-            log_y=True,
-            category_orders={"resolution": ["full", "low"]},
-            title="Source image width (px), by resolution source",
-            labels={"source_width": "source width (px)", "resolution": "source"},
-        ),
-        key="chart_sizes",
-    )
-    right.plotly_chart(
-        px.bar(
-            stats["patients_per_split"],
-            x="split",
-            y="patients",
-            text_auto=True,
-            hover_data=["images"],
-            title="Distinct patients per split",
-        ),
-        key="chart_patients",
-    )
+    left.plotly_chart(charts.source_width_figure(stats["sizes"]), key="chart_sizes")
+    right.plotly_chart(charts.patients_figure(stats["patients_per_split"]), key="chart_patients")
 
     st.markdown(
         f"**{len(shared)} patients have images in both train and test** (the official split was not "

@@ -9,10 +9,9 @@ from `cxrdemo.evaluation.performance` and `cxrdemo.evaluation.saliency`.
 
 from __future__ import annotations
 
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
+from cxrdemo.app import charts
 from cxrdemo.app.ui import MODEL_KEY, page_frame
 from cxrdemo.data.dataset import Dataset, load_dataset
 from cxrdemo.evaluation import explore, performance, saliency
@@ -99,19 +98,6 @@ def metrics_ui(report: dict) -> None:
     st.caption(f"{report['n']} images; 95 % percentile bootstrap intervals over images (1000 resamples){at}.")
 
 
-def heatmap(confusion, title: str) -> go.Figure:
-    fig = px.imshow(
-        confusion,
-        text_auto=True,
-        color_continuous_scale="Blues",
-        title=title,
-        aspect="auto",
-        labels={"x": "predicted", "y": "true", "color": "images"},
-    )
-    fig.update_layout(coloraxis_showscale=False, height=380)
-    return fig
-
-
 def threshold_ui(model_id: str, split: str, card: dict, stamp: tuple) -> tuple[float, dict]:
     """Threshold slider, the metrics at that threshold and its confusion matrix (binary models)."""
     default = performance.card_threshold(card)
@@ -150,69 +136,17 @@ def threshold_ui(model_id: str, split: str, card: dict, stamp: tuple) -> tuple[f
 
 
 def curves_ui(report: dict, point: dict | None) -> None:
-    roc = performance.roc_curves(report)
-    fig = px.line(
-        roc,
-        x="fpr",
-        y="tpr",
-        color="curve",
-        title="ROC curve" + (" (one-vs-rest)" if "roc_by_class" in report else ""),
-        hover_data=["threshold"],
-        labels={"fpr": "1 - specificity", "tpr": "sensitivity"},
-        range_x=[0, 1],
-        range_y=[0, 1.02],
-    )
-    fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line={"dash": "dot", "color": "grey"})
-    if point is not None:
-        fig.add_scatter(
-            x=[point["fpr"]],
-            y=[point["sensitivity"]],
-            mode="markers",
-            name="threshold",
-            marker={"size": 12, "symbol": "x", "color": "crimson"},
-        )
     cols = st.columns(3)
-    cols[0].plotly_chart(fig, key="chart_roc")
+    roc = performance.roc_curves(report)
+    cols[0].plotly_chart(charts.roc_figure(roc, point, one_vs_rest="roc_by_class" in report), key="chart_roc")
     pr = performance.pr_curve(report)
     if len(pr):
-        fig = px.line(
-            pr,
-            x="recall",
-            y="precision",
-            title="Precision-recall curve",
-            hover_data=["threshold"],
-            range_x=[0, 1],
-            range_y=[0, 1.02],
-        )
-        if point is not None:
-            fig.add_scatter(
-                x=[point["sensitivity"]],
-                y=[point["precision"]],
-                mode="markers",
-                name="threshold",
-                marker={"size": 12, "symbol": "x", "color": "crimson"},
-            )
-        cols[1].plotly_chart(fig, key="chart_pr")
+        cols[1].plotly_chart(charts.pr_figure(pr, point), key="chart_pr")
     else:
         cols[1].info("Precision-recall curves are drawn for binary models.")
     rel = performance.reliability_frame(report)
-    binary = "roc_by_class" not in report
-    fig = px.scatter(
-        rel,
-        x="mean_confidence",
-        y="fraction_positive",
-        size="count",
-        range_x=[0, 1],
-        range_y=[0, 1],
-        title=f"Reliability (ECE {report['ece']['value']:.3f})",
-        labels={
-            "mean_confidence": "mean predicted probability" if binary else "mean top-label confidence",
-            "fraction_positive": "observed fraction positive" if binary else "observed accuracy",
-        },
-    )
-    fig.update_traces(mode="lines+markers")
-    fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line={"dash": "dot", "color": "grey"})
-    cols[2].plotly_chart(fig, key="chart_reliability")
+    figure = charts.reliability_figure(rel, report["ece"]["value"], binary="roc_by_class" not in report)
+    cols[2].plotly_chart(figure, key="chart_reliability")
 
 
 def comparison_ui(cards: dict, split: str) -> None:
@@ -220,18 +154,7 @@ def comparison_ui(cards: dict, split: str) -> None:
     if table.empty:
         st.info(f"No model card records metrics on the {split} split.")
         return
-    fig = px.bar(
-        table,
-        x="model",
-        y="value",
-        color="metric",
-        barmode="group",
-        error_y="error_plus",
-        error_y_minus="error_minus",
-        hover_data=["ci"],
-        range_y=[0, 1.05],
-        title=f"All models on the {split} split (card metrics, 95 % CI)",
-    )
+    fig = charts.comparison_figure(table, split)
     st.plotly_chart(fig, key="chart_comparison")
     with st.expander("All models as a table"):
         st.dataframe(performance.model_table(cards), hide_index=True, width="stretch")
@@ -408,12 +331,14 @@ with right:
     if binary:
         threshold, point = threshold_ui(model_id, split, card, stamp)
         st.plotly_chart(
-            heatmap(performance.confusion_frame(point), f"Confusion matrix at {threshold:.3f}"), key="chart_confusion"
+            charts.confusion_figure(performance.confusion_frame(point), f"Confusion matrix at {threshold:.3f}"),
+            key="chart_confusion",
         )
     else:
         threshold, point = None, None
         st.plotly_chart(
-            heatmap(performance.confusion_frame(report), "Confusion matrix (argmax)"), key="chart_confusion"
+            charts.confusion_figure(performance.confusion_frame(report), "Confusion matrix (argmax)"),
+            key="chart_confusion",
         )
         st.dataframe(
             performance.per_class_table(report),

@@ -23,7 +23,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo.app import diagnosis
+from cxrdemo.app import charts, diagnosis
 from cxrdemo.imaging.decode import load_image
 from cxrdemo.imaging.preprocess import to_input
 from cxrdemo.inference.predict import Prediction, Predictor
@@ -509,10 +509,10 @@ def test_every_binary_model_can_be_explained(predictor: Predictor) -> None:
 
 def test_probability_figure_marks_threshold_only_for_binary() -> None:
     binary = Prediction("x", "m", "B", {"A": 0.3, "B": 0.7}, 0.42)
-    shapes = diagnosis.probability_figure(binary).to_dict()["layout"]["shapes"]
+    shapes = charts.probability_figure(binary).to_dict()["layout"]["shapes"]
     assert len(shapes) == 1 and shapes[0]["x0"] == 0.42 and shapes[0]["y0"] < 1 < shapes[0]["y1"]
     three = Prediction("x", "m", "b", {"a": 0.2, "b": 0.5, "c": 0.3}, None)
-    assert not diagnosis.probability_figure(three).to_dict()["layout"].get("shapes")
+    assert not charts.probability_figure(three).to_dict()["layout"].get("shapes")
     assert "most probable" in diagnosis.decision_text(three)
     assert "at or above the threshold 0.420" in diagnosis.decision_text(binary)
 

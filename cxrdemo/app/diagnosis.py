@@ -1,7 +1,7 @@
 """What the Diagnose page computes and tabulates, without Streamlit.
 
 The page gathers files and settings with widgets and calls these functions: which network explains a
-model (the ensemble and k-NN have none of their own), heatmaps, the probability chart, the batch and
+model (the ensemble and k-NN have none of their own), heatmaps, the batch and
 compare-all tables, CSV export, thumbnails and the bundled examples. `memo` is a small LRU over a
 mapping the page keeps in its session state, so results are reused across reruns of one session and
 forgotten with it (uploads never land in a cache shared between users).
@@ -18,7 +18,6 @@ from typing import TypeVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 from PIL import Image
 
 from cxrdemo.data.dataset import load_dataset
@@ -123,58 +122,6 @@ def output_class(prediction: Prediction) -> str:
         return prediction.prediction
     classes = list(prediction.probabilities)
     return decided_class(np.array([prediction.probabilities[c] for c in classes]), classes, prediction.threshold)
-
-
-def probability_figure(prediction: Prediction, *, title: str | None = None) -> go.Figure:
-    """Horizontal bars of the calibrated probabilities; a binary model's threshold marked on its positive bar."""
-    classes = list(prediction.probabilities)
-    values = [prediction.probabilities[c] for c in classes]
-    colours = ["#d6336c" if c == prediction.prediction else "#adb5bd" for c in classes]
-    fig = go.Figure(
-        go.Bar(
-            x=values,
-            y=classes,
-            orientation="h",
-            marker_color=colours,
-            text=[f"{v:.1%}" for v in values],
-            textposition="auto",
-            cliponaxis=False,
-            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-        )
-    )
-    positive = positive_class(prediction)
-    if positive is not None:
-        row = classes.index(positive)
-        fig.add_shape(
-            type="line",
-            x0=prediction.threshold,
-            x1=prediction.threshold,
-            y0=row - 0.48,
-            y1=row + 0.48,
-            xref="x",
-            yref="y",
-            line={"color": "#212529", "width": 2, "dash": "dash"},
-        )
-        # the label sits in the top margin, so it never covers a bar or its percentage
-        fig.add_annotation(
-            x=prediction.threshold,
-            y=1,
-            xref="x",
-            yref="paper",
-            yanchor="bottom",
-            text=f"threshold {prediction.threshold:.2f}",
-            showarrow=False,
-            font={"size": 11},
-        )
-    fig.update_layout(
-        title={"text": title} if title else None,
-        height=80 + 42 * len(classes),
-        margin={"l": 10, "r": 20, "t": 44 if title else 26, "b": 10},
-        xaxis={"range": [0, 1], "tickformat": ".0%", "fixedrange": True},
-        yaxis={"autorange": "reversed", "fixedrange": True},
-        showlegend=False,
-    )
-    return fig
 
 
 def thumbnail_uri(pixels: np.ndarray, side: int = THUMBNAIL_SIDE) -> str:

@@ -1,0 +1,204 @@
+"""Every chart the pages draw, built in one place (plotly figures; the pages only place them).
+
+The pages hand these functions the tables the backend computed (`evaluation.performance`,
+`evaluation.explore`, a job's epoch records, a `Prediction`) and pass the figure to `st.plotly_chart`,
+so a chart can be checked without a page and looks the same wherever it appears.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+from cxrdemo.app.diagnosis import positive_class
+from cxrdemo.inference.predict import Prediction
+
+THRESHOLD_MARKER = {"size": 12, "symbol": "x", "color": "crimson"}
+DIAGONAL = {"dash": "dot", "color": "grey"}
+
+
+# --- Diagnose --------------------------------------------------------------------------------------------
+def probability_figure(prediction: Prediction, *, title: str | None = None) -> go.Figure:
+    """Horizontal bars of the calibrated probabilities; a binary model's threshold marked on its positive bar."""
+    classes = list(prediction.probabilities)
+    values = [prediction.probabilities[c] for c in classes]
+    colours = ["#d6336c" if c == prediction.prediction else "#adb5bd" for c in classes]
+    fig = go.Figure(
+        go.Bar(
+            x=values,
+            y=classes,
+            orientation="h",
+            marker_color=colours,
+            text=[f"{v:.1%}" for v in values],
+            textposition="auto",
+            cliponaxis=False,
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
+    positive = positive_class(prediction)
+    if positive is not None:
+        row = classes.index(positive)
+        fig.add_shape(
+            type="line",
+            x0=prediction.threshold,
+            x1=prediction.threshold,
+            y0=row - 0.48,
+            y1=row + 0.48,
+            xref="x",
+            yref="y",
+            line={"color": "#212529", "width": 2, "dash": "dash"},
+        )
+        # the label sits in the top margin, so it never covers a bar or its percentage
+        fig.add_annotation(
+            x=prediction.threshold,
+            y=1,
+            xref="x",
+            yref="paper",
+            yanchor="bottom",
+            text=f"threshold {prediction.threshold:.2f}",
+            showarrow=False,
+            font={"size": 11},
+        )
+    fig.update_layout(
+        title={"text": title} if title else None,
+        height=80 + 42 * len(classes),
+        margin={"l": 10, "r": 20, "t": 44 if title else 26, "b": 10},
+        xaxis={"range": [0, 1], "tickformat": ".0%", "fixedrange": True},
+        yaxis={"autorange": "reversed", "fixedrange": True},
+        showlegend=False,
+    )
+    return fig
+
+
+# --- Model performance -----------------------------------------------------------------------------------
+def confusion_figure(confusion: pd.DataFrame, title: str) -> go.Figure:
+    fig = px.imshow(
+        confusion,
+        text_auto=True,
+        color_continuous_scale="Blues",
+        title=title,
+        aspect="auto",
+        labels={"x": "predicted", "y": "true", "color": "images"},
+    )
+    fig.update_layout(coloraxis_showscale=False, height=380)
+    return fig
+
+
+def roc_figure(roc: pd.DataFrame, point: dict | None, *, one_vs_rest: bool) -> go.Figure:
+    """ROC curves (`performance.roc_curves`), the chance diagonal and the chosen operating point."""
+    fig = px.line(
+        roc,
+        x="fpr",
+        y="tpr",
+        color="curve",
+        title="ROC curve" + (" (one-vs-rest)" if one_vs_rest else ""),
+        hover_data=["threshold"],
+        labels={"fpr": "1 - specificity", "tpr": "sensitivity"},
+        range_x=[0, 1],
+        range_y=[0, 1.02],
+    )
+    fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line=DIAGONAL)
+    if point is not None:
+        fig.add_scatter(
+            x=[point["fpr"]], y=[point["sensitivity"]], mode="markers", name="threshold", marker=THRESHOLD_MARKER
+        )
+    return fig
+
+
+def pr_figure(pr: pd.DataFrame, point: dict | None) -> go.Figure:
+    """The precision-recall curve (`performance.pr_curve`) with the chosen operating point."""
+    fig = px.line(
+        pr,
+        x="recall",
+        y="precision",
+        title="Precision-recall curve",
+        hover_data=["threshold"],
+        range_x=[0, 1],
+        range_y=[0, 1.02],
+    )
+    if point is not None:
+        fig.add_scatter(
+            x=[point["sensitivity"]], y=[point["precision"]], mode="markers", name="threshold", marker=THRESHOLD_MARKER
+        )
+    return fig
+
+
+def reliability_figure(reliability: pd.DataFrame, ece: float, *, binary: bool) -> go.Figure:
+    """Calibration bins (`performance.reliability_frame`) against the diagonal of perfect calibration."""
+    fig = px.scatter(
+        reliability,
+        x="mean_confidence",
+        y="fraction_positive",
+        size="count",
+        range_x=[0, 1],
+        range_y=[0, 1],
+        title=f"Reliability (ECE {ece:.3f})",
+        labels={
+            "mean_confidence": "mean predicted probability" if binary else "mean top-label confidence",
+            "fraction_positive": "observed fraction positive" if binary else "observed accuracy",
+        },
+    )
+    fig.update_traces(mode="lines+markers")
+    fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line=DIAGONAL)
+    return fig
+
+
+def comparison_figure(table: pd.DataFrame, split: str) -> go.Figure:
+    """Every model's card metrics on one split with their intervals (`performance.comparison_table`)."""
+    return px.bar(
+        table,
+        x="model",
+        y="value",
+        color="metric",
+        barmode="group",
+        error_y="error_plus",
+        error_y_minus="error_minus",
+        hover_data=["ci"],
+        range_y=[0, 1.05],
+        title=f"All models on the {split} split (card metrics, 95 % CI)",
+    )
+
+
+# --- Dataset explorer ------------------------------------------------------------------------------------
+def class_frequency_figure(counts: pd.DataFrame) -> go.Figure:
+    return px.bar(
+        counts, x="split", y="images", color="label", barmode="group", text_auto=True, title="Class frequency per split"
+    )
+
+
+def subtype_figure(counts: pd.DataFrame) -> go.Figure:
+    return px.bar(counts, x="split", y="images", color="subtype", text_auto=True, title="Subtypes per split")
+
+
+def source_width_figure(sizes: pd.DataFrame) -> go.Figure:
+    """Source widths on a log scale: the 224 px copy and the full-resolution originals apart."""
+    return px.histogram(
+        sizes,
+        x="source_width",
+        color="resolution",
+        barmode="overlay",
+        nbins=60,
+        log_y=True,
+        category_orders={"resolution": ["full", "low"]},
+        title="Source image width (px), by resolution source",
+        labels={"source_width": "source width (px)", "resolution": "source"},
+    )
+
+
+def patients_figure(patients: pd.DataFrame) -> go.Figure:
+    return px.bar(
+        patients, x="split", y="patients", text_auto=True, hover_data=["images"], title="Distinct patients per split"
+    )
+
+
+# --- Admin -----------------------------------------------------------------------------------------------
+def training_curve_figure(records: list[dict], series: dict[str, str], title: str) -> go.Figure:
+    """One line per `series` key (record field -> legend name) over a job's epoch records."""
+    fig = go.Figure()
+    epochs = [r["epoch"] for r in records]
+    for key, name in series.items():
+        fig.add_trace(go.Scatter(x=epochs, y=[r.get(key) for r in records], mode="lines+markers", name=name))
+    fig.update_layout(title=title, xaxis_title="epoch", height=300, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_xaxes(dtick=1)  # whole epochs only
+    return fig
