@@ -76,6 +76,9 @@ PLANS: dict[str, Plan] = {
 }
 KNN_BACKBONE = "resnet18-binary"  # fixed in advance: the default model
 ENSEMBLE_MEMBERS = ("resnet18-binary", "resnet50-binary", "vgg16-binary", "zubinrnet-binary")
+# a member joins the ensemble only if its shipped weights reach this validation AUROC (docs/DECISIONS.md,
+# addendum of 2026-12-04): the trained members sit at 0.997-0.998, so this only keeps out a run that failed
+MEMBER_MIN_VAL_AUROC = 0.98
 IGNORED_KEYS = ("out", "data", "threads", "device")  # where and how fast, not what is trained
 
 
@@ -116,12 +119,26 @@ def step_for(run_dir: Path, planned: dict, model_id: str) -> str:
     return "train"
 
 
+def ensemble_members(installed: set[str]) -> list[str]:
+    """The fixed members that are installed and pass the validation gate (never a test number)."""
+    members = []
+    for model_id in ENSEMBLE_MEMBERS:
+        if model_id not in installed:
+            continue
+        auroc = (read_json(weights_dir() / f"{model_id}.json").get("metrics", {}).get("val", {})).get("roc_auc", {})
+        if isinstance(auroc, dict) and (auroc.get("value") or 0.0) >= MEMBER_MIN_VAL_AUROC:
+            members.append(model_id)
+        else:
+            print(f"== {model_id}: validation AUROC below {MEMBER_MIN_VAL_AUROC}, left out of the ensemble", flush=True)
+    return members
+
+
 def rebuild_dependents(promoted: str, data: str, py: str, dry_run: bool) -> None:
     """After `promoted` changed: k-NN on the fixed backbone, the ensemble of the fixed members installed so far."""
     installed = {p.stem for p in weights_dir().glob("*.json")}
     if promoted == KNN_BACKBONE:
         run([py, "-m", "cxrdemo", "build-knn", "--backbone", KNN_BACKBONE, "--data", data], dry_run)
-    members = [m for m in ENSEMBLE_MEMBERS if m in installed]
+    members = ensemble_members(installed)
     if promoted in ENSEMBLE_MEMBERS and members:
         run([py, "-m", "cxrdemo", "build-ensemble", "--members", *members], dry_run)
 

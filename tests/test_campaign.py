@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
+from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR, weights_dir
 from cxrdemo.training.checkpoint import load_checkpoint, save_checkpoint
-from cxrdemo.zoo import PLANS, planned_config, same_recipe, step_for
+from cxrdemo.zoo import (
+    ENSEMBLE_MEMBERS,
+    MEMBER_MIN_VAL_AUROC,
+    PLANS,
+    ensemble_members,
+    planned_config,
+    same_recipe,
+    step_for,
+)
 
 
 def campaign(runs: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
@@ -99,3 +108,17 @@ def test_step_for_each_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     changed = {**planned, "epochs": planned["epochs"] + 1}
     assert not same_recipe(planned, changed)
     assert step_for(run_dir, changed, "cnn4-binary") == "train"
+
+
+def test_ensemble_leaves_out_a_failed_member(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The validation gate (docs/DECISIONS.md): installed fixed members join unless their run failed."""
+    for model_id in ("resnet18-binary", "zubinrnet-binary"):
+        shutil.copy(weights_dir() / f"{model_id}.json", tmp_path / f"{model_id}.json")
+    failed = json.loads((tmp_path / "resnet18-binary.json").read_text())
+    failed["metrics"]["val"]["roc_auc"]["value"] = MEMBER_MIN_VAL_AUROC - 0.2
+    (tmp_path / "resnet50-binary.json").write_text(json.dumps({**failed, "id": "resnet50-binary"}))
+    monkeypatch.setenv("CXRDEMO_WEIGHTS", str(tmp_path))
+    installed = {p.stem for p in tmp_path.glob("*.json")}
+    assert ensemble_members(installed) == ["resnet18-binary", "zubinrnet-binary"]
+    assert ensemble_members(installed - {"zubinrnet-binary"}) == ["resnet18-binary"]
+    assert set(ensemble_members(installed)) < set(ENSEMBLE_MEMBERS)
