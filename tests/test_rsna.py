@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import pytest
 
 from cxrdemo.data.dataset import SPLITS, Dataset
 from cxrdemo.data.rsna import load_rsna
+from cxrdemo.paths import REPO_ROOT
 from cxrdemo.tasks import get_task
 from tests.rsna_fixtures import LABEL_COLUMNS, chest_pixels, write_dicom, write_labels
 
@@ -205,3 +210,34 @@ def test_rsna_folder_trains_and_evaluates_from_the_command_line(rsna: dict, tmp_
     assert result["metrics"]["accuracy"]["value"] == pytest.approx(
         card["metrics"]["test"]["accuracy"]["value"], abs=1e-9
     )
+
+
+def test_train_promote_and_evaluate_on_rsna_from_the_command_line(rsna: dict, dataset: Dataset, tmp_path: Path) -> None:
+    """`--data RSNA_DIR` through the real CLI: a tiny cnn4 trains on the RSNA folder, is promoted, and
+    `evaluate` scores the adapter's own test split (its patients, decoded from DICOM like uploads)."""
+    root = rsna["labels"].parent
+    env = {**os.environ, "CXRDEMO_WEIGHTS": str(tmp_path / "weights"), "CXRDEMO_CACHE": str(tmp_path / "cache")}
+    env["OMP_NUM_THREADS"] = "1"
+    run = tmp_path / "run"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "-m", "cxrdemo", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        return result
+
+    train = ["train", "--arch", "cnn4", "--task", "binary", "--data", str(root), "--out", str(run)]
+    cli(*train, "--epochs", "1", "--input-size", "48", "--batch-size", "8", "--device", "cpu")
+    card = json.loads((run / "card.json").read_text())
+    assert card["data"]["n_train"] + card["data"]["n_val"] == len(dataset.split("train"))
+    cli("promote", str(run))
+    result = json.loads(
+        cli("evaluate", "--model", "cnn4-binary", "--split", "test", "--data", str(root), "--json").stdout
+    )
+    assert result["n"] == len(dataset.split("test")) and 0.0 <= result["metrics"]["roc_auc"]["value"] <= 1.0
