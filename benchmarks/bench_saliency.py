@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for row in rows:
             row["measured"] = date
         if args.merge and Path(args.json).exists():
-            rows = kept_rows(Path(args.json), set(models)) + rows
+            # one block per model, in model order (a stable sort keeps each model's method order)
+            rows = sorted(kept_rows(Path(args.json), set(models)) + rows, key=lambda row: row["model"])
         atomic_write_json(
             Path(args.json),
             {
