@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from cxrdemo.fileio import read_json
+from cxrdemo.models.registry import load_card
 from cxrdemo.paths import weights_dir
 from cxrdemo.training.command import parse_train_args, train_command
 from cxrdemo.training.finalize import default_model_id
@@ -125,7 +126,7 @@ def ensemble_members(installed: set[str]) -> list[str]:
     for model_id in ENSEMBLE_MEMBERS:
         if model_id not in installed:
             continue
-        auroc = (read_json(weights_dir() / f"{model_id}.json").get("metrics", {}).get("val", {})).get("roc_auc", {})
+        auroc = load_card(model_id).get("metrics", {}).get("val", {}).get("roc_auc", {})
         if isinstance(auroc, dict) and (auroc.get("value") or 0.0) >= MEMBER_MIN_VAL_AUROC:
             members.append(model_id)
         else:
