@@ -18,6 +18,11 @@ KINDS = ("classifier", "knn", "ensemble", "autoencoder")
 DEFAULT_THRESHOLD = 0.5  # a binary card without a threshold decides at 0.5 (argmax)
 
 
+def decision_threshold(threshold: float | None) -> float:
+    """The threshold a binary model decides at: the card's own (0.0 stays 0.0), else the default."""
+    return DEFAULT_THRESHOLD if threshold is None else float(threshold)
+
+
 class CardError(ValueError):
     """A card that does not describe a usable model; the message names the field."""
 
@@ -44,7 +49,7 @@ class ModelCard:
 
     @property
     def decision_threshold(self) -> float:
-        return DEFAULT_THRESHOLD if self.threshold is None else float(self.threshold)
+        return decision_threshold(self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         common = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable, Hashable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from typing import TypeVar
 
@@ -81,9 +81,8 @@ class Heatmap:
 
 
 def explained_network(pred: Predictor, model_id: str) -> tuple[LoadedModel, str | None]:
-    """The network that stands in for `model_id` in a heatmap (`Predictor.explain_network`), and a note
-    for a caption when that is not the model itself: the ensemble averages other models and k-NN votes
-    among stored embeddings, so neither has a network of its own."""
+    """The network that stands in for `model_id` in a heatmap, and the model's own note for a caption
+    when that is another model's network (`inference.served`: the ensemble and k-NN have none)."""
     model = pred.get(model_id)
     return model.explained_network(), model.heatmap_note()
 
@@ -166,10 +165,10 @@ class Installed:
     pred: Predictor
     cards: dict[str, dict]
     store: MutableMapping
-    fingerprint: str = ""
+    fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.fingerprint = self.fingerprint or registry_fingerprint(self.cards)
+        self.fingerprint = registry_fingerprint(self.cards)
 
 
 def batch_frame(items: list[BatchItem], *, thumbnails: bool = True) -> pd.DataFrame:

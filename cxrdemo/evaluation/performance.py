@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrdemo.card import DEFAULT_THRESHOLD
+from cxrdemo.card import decision_threshold
 from cxrdemo.data.dataset import Dataset
 from cxrdemo.evaluation.calibration import apply_temperature
 from cxrdemo.evaluation.metrics import binary_report, confusion_at, multiclass_report, reliability, roc_points
@@ -186,8 +186,7 @@ def card_threshold(card: dict) -> float | None:
     """The card's operating threshold on P(positive) for binary models, None for more classes."""
     if len(card.get("classes", [])) != 2:
         return None
-    threshold = card.get("threshold")
-    return DEFAULT_THRESHOLD if threshold is None else float(threshold)  # 0.0 stays 0.0
+    return decision_threshold(card.get("threshold"))
 
 
 def report_for(
