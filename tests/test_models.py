@@ -9,7 +9,14 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from cxrdemo.models.architectures import AutoEncoder, Classifier, cam_target_layer, create_model, list_models
+from cxrdemo.models.architectures import (
+    IMAGENET_CHECKPOINTS,
+    AutoEncoder,
+    Classifier,
+    cam_target_layer,
+    create_model,
+    list_models,
+)
 
 CLASSIFIERS = [name for name in list_models() if name != "autoencoder"]
 
@@ -90,6 +97,7 @@ def test_resnet18_folds_cached_imagenet_weights_into_one_channel(empty_torch_hom
     checkpoints = empty_torch_home / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     name = Path(tvm.ResNet18_Weights.IMAGENET1K_V1.url).name
+    assert name == IMAGENET_CHECKPOINTS["resnet18"]
     torch.save(reference.state_dict(), checkpoints / name)
 
     model = create_model("resnet18", 2)
@@ -103,3 +111,43 @@ def test_resnet18_folds_cached_imagenet_weights_into_one_channel(empty_torch_hom
     # a gray image gives the same first feature map as the RGB network fed three copies of it
     gray = torch.rand(1, 1, 64, 64)
     torch.testing.assert_close(stem(gray), reference.conv1(gray.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-5)
+
+
+def _torchvision_built(name: str, num_classes: int) -> Classifier:
+    """The construction these builders replaced: torchvision's network, one-channel stem, our head."""
+    if name == "vgg16":
+        net = tvm.vgg16_bn(weights=None)
+        net.features[0] = nn.Conv2d(1, 64, 3, padding=1)
+        return Classifier(net.features[:-1], 512, num_classes, dropout=0.3)
+    net = getattr(tvm, name)(weights=None)
+    net.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+    return Classifier(trunk, net.fc.in_features, num_classes, dropout=0.2)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16"])
+def test_builders_match_torchvision_seed_for_seed(name: str):
+    """Same module names, same initial weights from the same seed, same outputs: the shipped weights load
+    unchanged and a seeded training run starts where it did when these networks came from torchvision."""
+    torch.manual_seed(7)
+    ours = create_model(name, 2).eval()
+    torch.manual_seed(7)
+    theirs = _torchvision_built(name, 2).eval()
+    ours_state, their_state = ours.state_dict(), theirs.state_dict()
+    assert list(ours_state) == list(their_state)
+    for key in ours_state:
+        torch.testing.assert_close(ours_state[key], their_state[key], rtol=0, atol=0, msg=key)
+    x = torch.randn(2, 1, 96, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), theirs(x))
+
+    # and the random stream continues where torchvision's construction left it (the data order, dropout)
+    torch.manual_seed(7)
+    create_model(name, 2)
+    after_ours = torch.rand(8)
+    torch.manual_seed(7)
+    _torchvision_built(name, 2)
+    torch.testing.assert_close(after_ours, torch.rand(8), rtol=0, atol=0)
+    # ImageNet weights are looked up in torch.hub's cache under torchvision's own file names
+    weights = {"resnet18": tvm.ResNet18_Weights, "resnet50": tvm.ResNet50_Weights, "vgg16": tvm.VGG16_BN_Weights}
+    assert IMAGENET_CHECKPOINTS[name] == Path(weights[name].IMAGENET1K_V1.url).name

@@ -69,3 +69,24 @@ def test_training_path_needs_no_gradcam_dicom_or_streamlit():
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_default_answer_needs_neither_torchvision_nor_gradcam():
+    """The app's first answer after a start: the default model's prediction and heatmap load neither
+    torchvision (2 s of import on 2 cores) nor pytorch-grad-cam with matplotlib (3.6 s)."""
+    code = textwrap.dedent("""
+        import sys
+        from cxrdemo.imaging.decode import load_image_file
+        from cxrdemo.inference.predict import Predictor
+        from cxrdemo.paths import SAMPLE_DIR
+
+        predictor = Predictor()
+        predictor.warm_up()
+        image = load_image_file(sorted((SAMPLE_DIR / "test" / "PNEUMONIA").glob("*.jpeg"))[0])
+        prediction, explanation, _ = predictor.predict_and_explain(image)
+        assert prediction.prediction == "PNEUMONIA" and explanation.heatmap.shape == image.pixels.shape
+        print(sorted({m.split(".")[0] for m in sys.modules} & {"torchvision", "pytorch_grad_cam", "matplotlib"}))
+    """)
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

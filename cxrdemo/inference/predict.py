@@ -18,7 +18,7 @@ import torch
 
 from cxrdemo.evaluation.calibration import apply_temperature
 from cxrdemo.imaging.decode import LoadedImage
-from cxrdemo.imaging.preprocess import PixelImages, to_unit
+from cxrdemo.imaging.preprocess import PixelImages, resize_square, to_unit
 from cxrdemo.inference.explain import Explanation, explain
 from cxrdemo.inference.ood import statistics_distance
 from cxrdemo.inference.served import serve
@@ -69,6 +69,18 @@ def decided_class(probabilities: np.ndarray, classes: list[str], threshold: floa
     return classes[int(np.argmax(probabilities))]
 
 
+def _cards_stamp(directory: Path) -> tuple:
+    """(name, mtime, size) of every card file: changes whenever a card is written, added or removed."""
+    stamp = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            info = path.stat()
+        except OSError:  # removed between glob and stat: the next call sees the new state
+            continue
+        stamp.append((path.name, info.st_mtime_ns, info.st_size))
+    return tuple(stamp)
+
+
 class Predictor:
     """Loads models lazily from a weights folder and answers predictions for loaded images."""
 
@@ -78,10 +90,20 @@ class Predictor:
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         self.errors: dict[str, str] = {}
+        # (stamp of the card files, cards): parsing every card costs ~2 ms, and one answer asks several times
+        self._cards: tuple[tuple, dict[str, dict]] | None = None
 
     # --- the registry -----------------------------------------------------------------------------
     def cards(self) -> dict[str, dict]:
-        return list_cards(self.directory)
+        """Every card in the weights folder, re-read only when a card file changed (read-only: shared)."""
+        stamp = _cards_stamp(self.directory)
+        with self._lock:
+            if self._cards is not None and self._cards[0] == stamp:
+                return self._cards[1]
+        cards = list_cards(self.directory)
+        with self._lock:
+            self._cards = (stamp, cards)
+        return cards
 
     def model_ids(self, task: str | None = "binary") -> list[str]:
         """Usable classifier ids (k-NN and ensemble included) for `task`, ensemble last."""
@@ -250,14 +272,17 @@ class Predictor:
         ae = self.autoencoder()
         if ae is None:
             return None, None, None
-        x = to_unit(pixels, ae.preprocessing.input_size)
+        square = resize_square(pixels, ae.preprocessing.input_size)
+        x = to_unit(square, ae.preprocessing.input_size)
         score = float(((ae.module(x) - x) ** 2).mean())
         reasons = []
         if score > ae.threshold:
             reasons.append(f"autoencoder reconstruction error {score:.4f} > threshold {ae.threshold:.4f}")
         statistics = ae.card.get("image_statistics")
         if statistics:
-            distance = statistics_distance(pixels, statistics)
+            # both signals look at the same 96 px square: resize once (resize_square passes a square through)
+            same_size = statistics["size"] == square.shape[0]
+            distance = statistics_distance(square if same_size else pixels, statistics)
             if distance > statistics["threshold"]:
                 reasons.append(f"image statistics {distance:.1f} > threshold {statistics['threshold']:.1f}")
         if not reasons:

@@ -99,14 +99,25 @@ def zubinrnet(num_classes: int, widths: tuple[int, ...] = (32, 64, 128, 256)) ->
     return Classifier(nn.Sequential(*layers), c_in, num_classes, dropout=0.2)
 
 
-# --- torchvision architectures with a one-channel stem ---------------------------------------------
+# --- ResNet-18/50 and VGG-16-BN with a one-channel stem, laid out like torchvision's ----------------
+#
+# Built here rather than imported from torchvision: importing torchvision costs about 2 s on 2 cores
+# (its `ops` package imports torch._dynamo), which every cold start of the app paid before its first
+# answer. Module names, construction order and initialisation follow torchvision 0.2x exactly, so
+# ImageNet checkpoints from torchvision's cache, the shipped weights and a seeded training run are all
+# unchanged (tests/test_models.py compares both, parameter for parameter, with torchvision's builders).
 
-# torchvision is imported inside the builders that need it: it costs about a second at start-up.
+# file names of torchvision's ImageNet checkpoints (IMAGENET1K_V1), looked up in torch.hub's cache only
+IMAGENET_CHECKPOINTS = {
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+    "vgg16": "vgg16_bn-6c64b313.pth",
+}
 
 
-def _imagenet_state(weights) -> dict[str, torch.Tensor] | None:
+def _imagenet_state(arch: str) -> dict[str, torch.Tensor] | None:
     """ImageNet weights from torchvision's local cache, or None (nothing is ever downloaded)."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    path = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_CHECKPOINTS[arch]
     if not path.exists():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -121,43 +132,135 @@ def _one_channel_conv(conv: nn.Conv2d, rgb_weight: torch.Tensor | None) -> nn.Co
     return gray
 
 
-def _torchvision_resnet(builder: Callable, weights, num_classes: int) -> Classifier:
-    net = builder(weights=None)
-    state = _imagenet_state(weights)
+def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    return nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out)
+
+
+class ResNetBasicBlock(nn.Module):
+    """torchvision's BasicBlock: two 3x3 conv + BN, skip through `downsample` when the shape changes."""
+
+    expansion = 1
+
+    def __init__(self, c_in: int, width: int, stride: int, downsample: nn.Module | None) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(c_in, width, 3, stride)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = _conv_bn(width, width, 3)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNetBottleneck(nn.Module):
+    """torchvision's Bottleneck (ResNet v1.5: the stride on the 3x3 conv): 1x1, 3x3, 1x1 expanding x4."""
+
+    expansion = 4
+
+    def __init__(self, c_in: int, width: int, stride: int, downsample: nn.Module | None) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = _conv_bn(c_in, width, 1)
+        self.conv2, self.bn2 = _conv_bn(width, width, 3, stride)
+        self.conv3, self.bn3 = _conv_bn(width, width * self.expansion, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+def _init_like_torchvision(modules: list[nn.Module], linear_std: float | None = None) -> None:
+    """torchvision's ResNet/VGG initialisation: He normal (fan-out) convs, unit BN, N(0, 0.01) linears for VGG."""
+    for m in modules:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.Linear) and linear_std is not None:
+            nn.init.normal_(m.weight, 0, linear_std)
+            nn.init.constant_(m.bias, 0)
+
+
+def _resnet(
+    arch: str, block: type[ResNetBasicBlock | ResNetBottleneck], depths: tuple[int, ...], num_classes: int
+) -> Classifier:
+    rgb_stem, bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+    stem = [rgb_stem, bn1, nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+    stages, c_in = [], 64
+    for i, (depth, width) in enumerate(zip(depths, (64, 128, 256, 512))):
+        stride = 1 if i == 0 else 2
+        downsample = None
+        if stride != 1 or c_in != width * block.expansion:
+            downsample = nn.Sequential(*_conv_bn(c_in, width * block.expansion, 1, stride))
+        blocks = [block(c_in, width, stride, downsample)]
+        c_in = width * block.expansion
+        blocks += [block(c_in, width, 1, None) for _ in range(depth - 1)]
+        stages.append(nn.Sequential(*blocks))
+    nn.Linear(c_in, 1000)  # torchvision's ImageNet classifier, built only so that seeded runs draw the same numbers
+    trunk = nn.Sequential(*stem, *stages)
+    _init_like_torchvision(list(trunk.modules()))
+    state = _imagenet_state(arch)
     if state is not None:
-        net.load_state_dict(state)
-    net.conv1 = _one_channel_conv(net.conv1, state["conv1.weight"] if state else None)
-    features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
-    model = Classifier(features, net.fc.in_features, num_classes, dropout=0.2)
+        trunk.load_state_dict(_trunk_state(state, ["conv1", "bn1", None, None, "layer1", "layer2", "layer3", "layer4"]))
+    trunk[0] = _one_channel_conv(rgb_stem, state["conv1.weight"] if state else None)
+    model = Classifier(trunk, c_in, num_classes, dropout=0.2)
     model.pretrained = state is not None
     return model
 
 
+def _trunk_state(state: dict[str, torch.Tensor], names: list[str | None]) -> dict[str, torch.Tensor]:
+    """A torchvision ResNet state dict renamed to our trunk's indices (conv1 -> 0, layer1 -> 4, ...)."""
+    index = {name: str(i) for i, name in enumerate(names) if name}
+    out = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head in index:
+            out[f"{index[head]}.{rest}"] = value
+    return out
+
+
 @register_model("resnet18")
 def resnet18(num_classes: int) -> Classifier:
-    from torchvision import models as tvm
-
-    return _torchvision_resnet(tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, num_classes)
+    return _resnet("resnet18", ResNetBasicBlock, (2, 2, 2, 2), num_classes)
 
 
 @register_model("resnet50")
 def resnet50(num_classes: int) -> Classifier:
-    from torchvision import models as tvm
+    return _resnet("resnet50", ResNetBottleneck, (3, 4, 6, 3), num_classes)
 
-    return _torchvision_resnet(tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1, num_classes)
+
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
 @register_model("vgg16")
 def vgg16(num_classes: int) -> Classifier:
-    """torchvision VGG-16-BN trunk; its 120M-parameter classifier is replaced by a pooled linear head."""
-    from torchvision import models as tvm
-
-    net = tvm.vgg16_bn(weights=None)
-    state = _imagenet_state(tvm.VGG16_BN_Weights.IMAGENET1K_V1)
+    """VGG-16-BN trunk; torchvision's 120M-parameter classifier is replaced by a pooled linear head."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for v in VGG16_LAYOUT:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            c_in = v
+    features = nn.Sequential(*layers)
+    # torchvision's classifier, built and initialised (then dropped) so that seeded runs draw the same numbers
+    imagenet_head = [nn.Linear(512 * 7 * 7, 4096), nn.Linear(4096, 4096), nn.Linear(4096, 1000)]
+    _init_like_torchvision([*features.modules(), *imagenet_head], linear_std=0.01)
+    del imagenet_head
+    state = _imagenet_state("vgg16")
     if state is not None:
-        net.load_state_dict(state)
-    net.features[0] = _one_channel_conv(net.features[0], state["features.0.weight"] if state else None)
-    model = Classifier(net.features[:-1], 512, num_classes, dropout=0.3)  # drop the last max-pool
+        features.load_state_dict({k.partition(".")[2]: v for k, v in state.items() if k.startswith("features.")})
+    features[0] = _one_channel_conv(features[0], state["features.0.weight"] if state else None)
+    model = Classifier(features[:-1], 512, num_classes, dropout=0.3)  # drop the last max-pool
     model.pretrained = state is not None
     return model
 
