@@ -5,7 +5,7 @@
 Cold start: from launching `streamlit run app.py` to the Diagnose page's uploader visible in the browser
 (target 5 s). First upload: with `--think 0`, right after that, while the models still warm up (target
 1.5 s to the answer); later uploads are the warm figures.
-Upload: from handing the browser a bundled chest X-ray to the probability chart and the Grad-CAM
+Upload: from handing the browser a bundled chest X-ray to the probability bars and the Grad-CAM
 overlay both visible (default model, CPU), first upload and repeated ones.
 """
 
@@ -48,7 +48,7 @@ def main() -> None:
                     page.get_by_test_id("stFileUploader").first.locator("input[type=file]").set_input_files(str(path))
                     expect(page.get_by_text(f"{path.name} (JPEG)").first).to_be_visible(timeout=60_000)
                     expect(page.get_by_text("heatmap of").first).to_be_visible(timeout=60_000)
-                    expect(page.get_by_test_id("stPlotlyChart").first.locator(".main-svg").first).to_be_visible()
+                    expect(page.locator(".cxr-probabilities").first).to_be_visible()
                     uploads.append(time.perf_counter() - t0)
                 browser.close()
             rows.append((cold, uploads))

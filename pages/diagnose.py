@@ -49,7 +49,7 @@ with upload_col:
 # The uploader is on screen now. The backend comes next: in a fresh server its first import (torch)
 # takes about 3 s on 2 cores, and the user spends that time picking a file instead of looking at a
 # blank page (`python -m benchmarks.bench_app`).
-from cxrdemo.app import charts, diagnosis  # noqa: E402
+from cxrdemo.app import diagnosis  # noqa: E402
 from cxrdemo.app.diagnosis import COMPARE, PREDICTED, SINGLE, BatchItem, Example, Installed, Settings, memo  # noqa: E402
 from cxrdemo.evaluation import report  # noqa: E402
 from cxrdemo.imaging.decode import ImageLoadError, display_name, load_image  # noqa: E402
@@ -151,12 +151,10 @@ def _report_bytes(build: Callable[..., bytes], *args, **kwargs) -> bytes:
         raise
 
 
-def _show_probabilities(prediction: Prediction, index: int) -> None:
-    """The decision rule in words and the probability chart."""
+def _show_probabilities(prediction: Prediction) -> None:
+    """The decision rule in words and the probability bars."""
     st.caption(diagnosis.decision_text(prediction))
-    st.plotly_chart(
-        charts.probability_figure(prediction), key=f"probabilities_{index}", config={"displayModeBar": False}
-    )
+    st.html(diagnosis.probability_bars_html(prediction))
 
 
 def _show_subtype(prediction: Prediction) -> None:
@@ -265,7 +263,7 @@ def result_ui(item: BatchItem, index: int, batch: bool, settings: Settings, inst
                 with heat_col:
                     overlay, explained = _show_heatmap(item, index, settings, installed)
                 with output_col:
-                    _show_probabilities(prediction, index)
+                    _show_probabilities(prediction)
                     _show_subtype(prediction)
     else:
         image_col, heat_col, result_col = st.columns([1, 1, 1.15], gap="medium")
@@ -274,7 +272,7 @@ def result_ui(item: BatchItem, index: int, batch: bool, settings: Settings, inst
             overlay, explained = _show_heatmap(item, index, settings, installed)
         with result_col:
             st.subheader(prediction.verdict)
-            _show_probabilities(prediction, index)
+            _show_probabilities(prediction)
             _show_warnings(prediction)
             _show_subtype(prediction)
 

@@ -46,8 +46,10 @@ def test_main_journey(page: Page, streamlit_server, sample_dir: Path):
     xray = sorted((sample_dir / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
     uploader = page.get_by_test_id("stFileUploader").first
     uploader.locator("input[type=file]").set_input_files(str(xray))
-    chart = page.get_by_test_id("stPlotlyChart").first
-    expect(chart.locator(".main-svg").first).to_be_visible(timeout=SLOW)
+    bars = page.locator(".cxr-probabilities").first
+    expect(bars).to_be_visible(timeout=SLOW)
+    expect(bars.get_by_role("meter", name="P(PNEUMONIA)")).to_be_visible()
+    expect(bars.get_by_text(re.compile(r"^\d+\.\d%$")).first).to_be_visible()  # the probabilities, as text
     expect(page.get_by_text(re.compile(r"P\(PNEUMONIA\)")).first).to_be_visible()
     images = page.get_by_test_id("stImage")
     expect(images.nth(1)).to_be_visible(timeout=SLOW)  # original and Grad-CAM overlay side by side
@@ -99,13 +101,13 @@ def test_withheld_verdict_on_a_ct_slice(page: Page, streamlit_server):
     reason = page.get_by_test_id("stAlertContentWarning").filter(has_text="Not assessed:")
     expect(reason).to_contain_text("does not look like the pediatric chest X-rays the models were trained on")
     expect(page.get_by_role("heading", name=re.compile(r"^(NORMAL|PNEUMONIA)$"))).to_have_count(0)
-    expect(page.get_by_test_id("stPlotlyChart")).to_be_hidden()  # collapsed until asked for
+    expect(page.locator(".cxr-probabilities")).to_be_hidden()  # collapsed until asked for
     output = page.get_by_test_id("stExpander").filter(has_text="Show the model's output anyway")
     output.get_by_text("Show the model's output anyway").click()
     expect(output.get_by_text(re.compile("^Not a diagnosis"))).to_be_visible()
-    chart = output.get_by_test_id("stPlotlyChart")
-    expect(chart.locator(".main-svg").first).to_be_visible(timeout=SLOW)
-    expect(chart.get_by_text(re.compile(r"\d+\.\d%")).first).to_be_visible()  # the probabilities
+    bars = output.locator(".cxr-probabilities")
+    expect(bars).to_be_visible(timeout=SLOW)
+    expect(bars.get_by_text(re.compile(r"^\d+\.\d%$")).first).to_be_visible()  # the probabilities
     expect(output.get_by_text(re.compile("heatmap of"))).to_be_visible(timeout=SLOW)
     screenshot(page, "withheld")
 

@@ -64,7 +64,10 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 def _assert_well_formed(image: LoadedImage) -> None:
     assert image.pixels.dtype == np.uint8 and image.pixels.ndim == 2
     height, width = image.pixels.shape
-    assert image.original_size == (width, height)
+    if "decoded_at" in image.metadata:  # a large JPEG, decoded at a reduced scale
+        assert min(width, height) >= decode.WORKING_SHORT_SIDE and image.original_size[0] > width
+    else:
+        assert image.original_size == (width, height)
     assert min(width, height) >= decode.MIN_SIDE and width * height <= decode.MAX_PIXELS
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in image.metadata.items())
     assert all(isinstance(w, str) and w and "\n" not in w for w in image.warnings)
@@ -319,3 +322,41 @@ def test_hostile_name_cannot_break_the_error_line() -> None:
     message = str(caught.value)
     assert message.startswith("x[2Jpage.png is not an image file") and "HTML" in message
     assert "\n" not in message and "\x1b" not in message
+
+
+def _full_size_film(sample_jpeg_bytes: bytes, size: tuple[int, int], **save: object) -> bytes:
+    img = Image.open(BytesIO(sample_jpeg_bytes)).convert("L").resize(size, Image.Resampling.BICUBIC)
+    buffer = BytesIO()
+    img.save(buffer, format="JPEG", quality=95, **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("size", "decoded"), [((1600, 1200), (800, 600)), ((2048, 2560), (512, 640))])
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_and_answers_the_same(
+    sample_jpeg_bytes: bytes, size: tuple[int, int], decoded: tuple[int, int]
+) -> None:
+    """DCT-scaled decoding keeps the shorter side >= WORKING_SHORT_SIDE and the model's input unchanged."""
+    from cxrdemo.imaging.preprocess import Preprocessing, to_input
+
+    data = _full_size_film(sample_jpeg_bytes, size)
+    image = load_image(data, "film.jpeg")
+    _assert_well_formed(image)
+    assert image.original_size == size and image.pixels.shape == decoded[::-1]
+    assert image.metadata["decoded_at"] == f"{decoded[0]} x {decoded[1]} px (JPEG scaled decoding)"
+    full = np.asarray(Image.open(BytesIO(data)).convert("L"))
+    spec = Preprocessing(input_size=224)
+    scaled_input, full_input = to_input(image.pixels, spec), to_input(full, spec)
+    assert float((scaled_input - full_input).abs().mean()) < 0.02 * float(full_input.std())
+
+
+def test_a_small_jpeg_is_decoded_whole(sample_jpeg_bytes: bytes) -> None:
+    image = load_image(_full_size_film(sample_jpeg_bytes, (1000, 1023)), "film.jpeg")  # shorter side < 1024
+    assert image.pixels.shape == (1023, 1000) and "decoded_at" not in image.metadata
+
+
+def test_a_large_rotated_jpeg_reports_its_upright_size(sample_jpeg_bytes: bytes) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image = load_image(_full_size_film(sample_jpeg_bytes, (1600, 1200), exif=exif.tobytes()), "phone.jpeg")
+    assert image.original_size == (1200, 1600) and image.pixels.shape == (800, 600)
+    assert image.metadata["orientation"] == "rotated per EXIF"

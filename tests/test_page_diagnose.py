@@ -7,10 +7,13 @@ so a model promoted by a background job mid-run cannot change the answers under 
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -23,7 +26,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo.app import charts, diagnosis
+from cxrdemo.app import diagnosis
 from cxrdemo.imaging.decode import load_image
 from cxrdemo.imaging.preprocess import to_input
 from cxrdemo.inference.predict import Prediction, Predictor
@@ -116,14 +119,30 @@ def _table_with(at: AppTest, column: str):
     return tables[0]
 
 
+_BAR = re.compile(r'data-class="([^"]*)" data-probability="([0-9.]+)"')
+_MARKER = re.compile(r'data-class="([^"]*)"[^>]*>(?:(?!data-class).)*?data-threshold="([0-9.]+)"')
+
+
+def _bars_of(body: str) -> dict[str, float]:
+    """class -> probability of the probability bars in one st.html body (empty when it has none)."""
+    return {html.unescape(name): float(p) for name, p in _BAR.findall(body)}
+
+
+def _threshold_markers(body: str) -> dict[str, float]:
+    """class -> threshold of the markers drawn on bars."""
+    return {html.unescape(name): float(t) for name, t in _MARKER.findall(body)}
+
+
+def _probability_bars(at: AppTest) -> list[dict[str, float]]:
+    """The probability bars on the page, one dict per result."""
+    return [bars for node in at.get("html") if (bars := _bars_of(node.proto.body))]
+
+
 def _assert_prediction_shown(at: AppTest, predictor: Predictor) -> None:
     assert not at.exception
     classes = set(predictor.get(predictor.default_model_id()).classes)
     assert any(s.value in classes for s in at.subheader), [s.value for s in at.subheader]
-    charts = at.get("plotly_chart")
-    assert charts, "no probability chart"
-    figure = json.loads(charts[0].proto.spec)
-    assert figure["data"][0]["type"] == "bar" and figure["data"][0]["orientation"] == "h"
+    assert _probability_bars(at), "no probability bars"
     assert len(at.image) >= 2  # the X-ray and its heatmap overlay
 
 
@@ -146,13 +165,12 @@ def test_jpeg_upload_shows_prediction_chart_overlay_and_threshold(label: str, pr
     _assert_prediction_shown(at, predictor)
     assert not at.error
     model = predictor.get(predictor.default_model_id())
-    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert figure["data"][0]["y"] == model.classes
-    probabilities = figure["data"][0]["x"]
-    assert sum(probabilities) == pytest.approx(1.0, abs=1e-6)
+    (bars,) = _probability_bars(at)
+    assert list(bars) == model.classes
+    assert sum(bars.values()) == pytest.approx(1.0, abs=1e-5)
     if len(model.classes) == 2:  # the operating threshold is drawn on the positive bar
-        (line,) = [s for s in figure["layout"]["shapes"] if s["type"] == "line"]
-        assert line["x0"] == line["x1"] == pytest.approx(model.threshold)
+        body = at.get("html")[0].proto.body
+        assert _threshold_markers(body) == {model.classes[1]: pytest.approx(model.threshold, abs=1e-6)}
     assert any("heatmap of" in (c or "") for img in at.image for c in img.captions)
 
 
@@ -198,12 +216,12 @@ def test_non_chest_upload_is_not_assessed_and_the_output_waits_in_an_expander(pr
     assert not output.proto.expanded  # collapsed: one deliberate click away
     inside = list(output)
     inside_ids = {id(node) for node in inside}
-    charts = [node for node in inside if node.type == "plotly_chart"]
-    assert len(charts) == 1 and len(at.get("plotly_chart")) == 1  # the only chart is in the expander
-    figure = json.loads(charts[0].proto.spec)
-    assert figure["data"][0]["y"] == classes
-    assert sum(figure["data"][0]["x"]) == pytest.approx(1.0, abs=1e-6)
-    assert not any(c == "#d6336c" for c in figure["data"][0]["marker"]["color"])  # no bar marked as the verdict
+    bars = [_bars_of(node.proto.body) for node in inside if node.type == "html"]
+    assert len(bars) == 1 and len(_probability_bars(at)) == 1  # the only bars are in the expander
+    assert list(bars[0]) == classes
+    assert sum(bars[0].values()) == pytest.approx(1.0, abs=1e-5)
+    (body,) = [node.proto.body for node in inside if node.type == "html"]
+    assert diagnosis.PREDICTED_COLOUR not in body  # no bar marked as the verdict
     assert any(n.type == "caption" and n.value.startswith("Not a diagnosis") for n in inside)
     heatmaps = [img for img in at.image if any("heatmap of" in (c or "") for c in img.captions)]
     assert len(heatmaps) == 1 and id(heatmaps[0]) in inside_ids  # the heatmap is in there too
@@ -258,7 +276,7 @@ def test_batch_with_one_bad_file_shows_the_good_ones_and_one_error(predictor: Pr
     message = at.error[0].value
     assert "notes.png" in message and "\n" not in message and "Traceback" not in message
     assert len(_result_expanders(at)) == 2  # one result per readable file
-    assert len(at.get("plotly_chart")) == 2
+    assert len(_probability_bars(at)) == 2
     table = _table_with(at, "file")
     assert list(table["file"]) == [good[0].name, good[1].name, "notes.png"]
     assert table["prediction"].notna().sum() == 2 and table["error"].notna().sum() == 1
@@ -316,7 +334,7 @@ def test_example_button_loads_an_example(predictor: Predictor) -> None:
     _assert_prediction_shown(at, predictor)
     assert any(example.label in c for img in at.image for c in img.captions if c)
     at.button(key="clear_example").click().run()
-    assert not at.exception and not at.get("plotly_chart")
+    assert not at.exception and not _probability_bars(at)
 
 
 def test_dataset_explorer_hand_over_is_honoured_and_confined(predictor: Predictor) -> None:
@@ -507,12 +525,18 @@ def test_every_binary_model_can_be_explained(predictor: Predictor) -> None:
         assert (heat.note is None) == (kind == "classifier") and (heat.network == model_id) == (kind == "classifier")
 
 
-def test_probability_figure_marks_threshold_only_for_binary() -> None:
+def test_probability_bars_mark_threshold_only_for_binary() -> None:
     binary = Prediction("x", "m", "B", {"A": 0.3, "B": 0.7}, 0.42)
-    shapes = charts.probability_figure(binary).to_dict()["layout"]["shapes"]
-    assert len(shapes) == 1 and shapes[0]["x0"] == 0.42 and shapes[0]["y0"] < 1 < shapes[0]["y1"]
+    body = diagnosis.probability_bars_html(binary)
+    assert _bars_of(body) == {"A": 0.3, "B": 0.7}
+    assert _threshold_markers(body) == {"B": 0.42}
+    assert f'style="width: 70.00%; background: {diagnosis.PREDICTED_COLOUR}"' in body  # the decided class stands out
     three = Prediction("x", "m", "b", {"a": 0.2, "b": 0.5, "c": 0.3}, None)
-    assert not charts.probability_figure(three).to_dict()["layout"].get("shapes")
+    assert _bars_of(diagnosis.probability_bars_html(three)) == {"a": 0.2, "b": 0.5, "c": 0.3}
+    assert not _threshold_markers(diagnosis.probability_bars_html(three))
+    odd = Prediction("x", "m", None, {"<b>A&</b>": 0.5, "B": 0.5}, 0.5)  # withheld; names are escaped
+    assert "<b>A&" not in diagnosis.probability_bars_html(odd)
+    assert diagnosis.PREDICTED_COLOUR not in diagnosis.probability_bars_html(odd)
     assert "most probable" in diagnosis.decision_text(three)
     assert "at or above the threshold 0.420" in diagnosis.decision_text(binary)
 
@@ -543,3 +567,20 @@ def test_the_uploader_is_on_the_page_before_the_backend_is_imported(_weights: Pa
     assert report["after"] is True  # and the page went on to load the backend
     assert report["exceptions"] == []
     assert any("Upload one or more chest X-rays" in text for text in report["info"])
+
+
+def test_the_server_warms_the_models_up_before_any_browser_connects(tmp_path: Path) -> None:
+    """`streamlit run app.py` starts the app's `st.App`, whose lifespan imports the backend and answers a
+    blank image at once: the first upload after a start does not pay for torch's import or a model load."""
+    from benchmarks.streamlit_server import serve
+    from cxrdemo.app.ui import WARMED_UP
+
+    log = tmp_path / "server.log"
+    with serve(log=log):  # waits for /_stcore/health only: no session runs the page
+        deadline = time.monotonic() + 120
+        while WARMED_UP not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = log.read_text()
+    (line,) = [line for line in text.splitlines() if WARMED_UP in line]
+    assert line.endswith("(no errors)"), line
+    assert "Traceback" not in text

@@ -1,7 +1,10 @@
-"""Every chart the pages draw, built in one place (plotly figures; the pages only place them).
+"""Every plotly chart the pages draw, built in one place (the pages only place them).
+
+The Diagnose page draws none: its probability bars are plain HTML (`diagnosis.probability_bars_html`), so
+that a session's first answer does not wait for the browser to load plotly.
 
 The pages hand these functions the tables the backend computed (`evaluation.performance`,
-`evaluation.explore`, a job's epoch records, a `Prediction`) and pass the figure to `st.plotly_chart`,
+`evaluation.explore`, a job's epoch records) and pass the figure to `st.plotly_chart`,
 so a chart can be checked without a page and looks the same wherever it appears.
 """
 
@@ -11,64 +14,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from cxrdemo.app.diagnosis import positive_class
-from cxrdemo.inference.predict import Prediction
-
 THRESHOLD_MARKER = {"size": 12, "symbol": "x", "color": "crimson"}
 DIAGONAL = {"dash": "dot", "color": "grey"}
-
-
-# --- Diagnose --------------------------------------------------------------------------------------------
-def probability_figure(prediction: Prediction, *, title: str | None = None) -> go.Figure:
-    """Horizontal bars of the calibrated probabilities; a binary model's threshold marked on its positive bar."""
-    classes = list(prediction.probabilities)
-    values = [prediction.probabilities[c] for c in classes]
-    colours = ["#d6336c" if c == prediction.prediction else "#adb5bd" for c in classes]
-    fig = go.Figure(
-        go.Bar(
-            x=values,
-            y=classes,
-            orientation="h",
-            marker_color=colours,
-            text=[f"{v:.1%}" for v in values],
-            textposition="auto",
-            cliponaxis=False,
-            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-        )
-    )
-    positive = positive_class(prediction)
-    if positive is not None:
-        row = classes.index(positive)
-        fig.add_shape(
-            type="line",
-            x0=prediction.threshold,
-            x1=prediction.threshold,
-            y0=row - 0.48,
-            y1=row + 0.48,
-            xref="x",
-            yref="y",
-            line={"color": "#212529", "width": 2, "dash": "dash"},
-        )
-        # the label sits in the top margin, so it never covers a bar or its percentage
-        fig.add_annotation(
-            x=prediction.threshold,
-            y=1,
-            xref="x",
-            yref="paper",
-            yanchor="bottom",
-            text=f"threshold {prediction.threshold:.2f}",
-            showarrow=False,
-            font={"size": 11},
-        )
-    fig.update_layout(
-        title={"text": title} if title else None,
-        height=80 + 42 * len(classes),
-        margin={"l": 10, "r": 20, "t": 44 if title else 26, "b": 10},
-        xaxis={"range": [0, 1], "tickformat": ".0%", "fixedrange": True},
-        yaxis={"autorange": "reversed", "fixedrange": True},
-        showlegend=False,
-    )
-    return fig
 
 
 # --- Model performance -----------------------------------------------------------------------------------

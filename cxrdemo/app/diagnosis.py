@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 from collections.abc import Callable, Hashable, MutableMapping
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -265,6 +266,49 @@ def read_example(example: Example) -> tuple[str, bytes]:
 
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+PREDICTED_COLOUR, OTHER_COLOUR = "#d6336c", "#adb5bd"
+PROBABILITY_BARS_CLASS = "cxr-probabilities"
+_BARS_STYLE = f"""<style>
+.{PROBABILITY_BARS_CLASS} {{display: grid; grid-template-columns: max-content 1fr 4.2em; gap: 0.45rem 0.6rem;
+  align-items: center; font-size: 0.85rem; margin: 0.2rem 0 0.8rem 0;}}
+.{PROBABILITY_BARS_CLASS} .track {{position: relative; height: 1.35rem; background: rgba(128, 128, 128, 0.12);
+  border-radius: 3px;}}
+.{PROBABILITY_BARS_CLASS} .fill {{height: 100%; border-radius: 3px;}}
+.{PROBABILITY_BARS_CLASS} .threshold {{position: absolute; top: -0.2rem; bottom: -0.2rem; border-left: 2px dashed;}}
+.{PROBABILITY_BARS_CLASS} .value {{text-align: right; font-variant-numeric: tabular-nums;}}
+</style>"""
+
+
+def probability_bars_html(prediction: Prediction) -> str:
+    """The calibrated probabilities as horizontal bars in plain HTML; a binary threshold marked on its bar.
+
+    Plain HTML rather than a plotly chart, so the browser draws it with the answer: Streamlit's frontend
+    loads its plotly bundle (4.7 MB) on the first chart of a session, which put the first upload's chart
+    1.2-1.9 s behind its heatmap on 2 cores (`python -m benchmarks.bench_app`). Each bar carries its class
+    and probability (and the threshold marker its value) as data attributes and ARIA meter values.
+    """
+    positive = positive_class(prediction)
+    rows = []
+    for name, p in prediction.probabilities.items():
+        label = html.escape(name)
+        colour = PREDICTED_COLOUR if name == prediction.prediction else OTHER_COLOUR
+        marker = ""
+        if name == positive:
+            t = prediction.threshold
+            marker = (
+                f'<div class="threshold" data-threshold="{t:.6f}" style="left: {100 * t:.2f}%" '
+                f'title="threshold {t:.2f}"></div>'
+            )
+        rows.append(
+            f'<div class="label">{label}</div>'
+            f'<div class="track" data-class="{label}" data-probability="{p:.6f}" role="meter" aria-valuemin="0" '
+            f'aria-valuemax="1" aria-valuenow="{p:.4f}" aria-label="P({label})">'
+            f'<div class="fill" style="width: {100 * p:.2f}%; background: {colour}"></div>{marker}</div>'
+            f'<div class="value">{p:.1%}</div>'
+        )
+    return f'{_BARS_STYLE}<div class="{PROBABILITY_BARS_CLASS}">{"".join(rows)}</div>'
 
 
 _MARKDOWN_SPECIAL = set("\\`*_{}[]()<>#+-.!|~$:")

@@ -10,8 +10,12 @@ Choices worth knowing:
   made transparent by an editor stays dark instead of turning into a bright frame.
 - 16/32-bit and float images are stretched from their 0.5th to 99.5th percentile, because such
   files rarely use their full bit depth (12-bit detectors saved as 16-bit PNG look black otherwise).
-- EXIF orientation is applied, so a phone photo of a film is upright; `original_size` is the size
-  of the returned pixels after that rotation.
+- EXIF orientation is applied, so a phone photo of a film is upright; `original_size` is the file's
+  image size after that rotation.
+- A large JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's `draft`), keeping
+  its shorter side at least WORKING_SHORT_SIDE: more than twice any model's input and than the page
+  shows, at a third of the decoding time of a full 1600 x 1200 film, and the heatmap overlay is drawn
+  at that size too (`python -m benchmarks.bench_inference`). `metadata["decoded_at"]` says so.
 - `cxrdemo.imaging.dicom` (and so pydicom) is imported only when a file is DICOM or 16-bit: the training
   path decodes JPEGs through this module and needs neither.
 """
@@ -32,6 +36,7 @@ MAX_PIXELS: int = 40_000_000  # decompression-bomb limit (width*height), checked
 LOW_RESOLUTION_SIDE: int = 200  # below the 224 px model input: detail is upsampled, not seen
 MIN_SIDE = 16  # shorter side below this is refused: nothing to classify
 MAX_ASPECT = 3.0  # chest films are close to square; beyond this, warn
+WORKING_SHORT_SIDE = 512  # JPEGs whose shorter side is at least twice this are decoded at a reduced scale
 MAX_NAME_CHARS = 80
 
 # Pillow formats we accept; others (EPS needs Ghostscript, obscure parsers) are refused by design.
@@ -53,7 +58,7 @@ class LoadedImage:
     pixels: np.ndarray  # HxW uint8 grayscale, display-ready (DICOM already windowed / inverted)
     name: str  # the upload's file name (basename only, sanitised)
     source_format: str  # "JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "DICOM"
-    original_size: tuple[int, int]  # (width, height) of the decoded frame
+    original_size: tuple[int, int]  # (width, height) of the image in the file (pixels may be smaller)
     metadata: dict[str, str] = field(default_factory=dict)  # non-identifying facts only
     warnings: list[str] = field(default_factory=list)  # one-line human warnings
 
@@ -148,13 +153,17 @@ def _load_pillow(data: bytes, name: str) -> LoadedImage:
         if frames > 1 and img.format != "MPO":  # MPO's extra frames are previews/depth maps, not pages
             unit = "pages" if fmt == "TIFF" else "frames"
             warnings.append(f"file has {frames} {unit}; showing the first")
+        file_size = img.size
+        if fmt == "JPEG" and min(file_size) >= 2 * WORKING_SHORT_SIDE:
+            img.draft(None, (WORKING_SHORT_SIDE, WORKING_SHORT_SIDE))
+            metadata["decoded_at"] = f"{img.size[0]} x {img.size[1]} px (JPEG scaled decoding)"
         img.load()  # raises on truncated data (LOAD_TRUNCATED_IMAGES stays off)
         upright = ImageOps.exif_transpose(img)
         if upright.size != img.size:
             metadata["orientation"] = "rotated per EXIF"
+            file_size = file_size[::-1]
         pixels = _to_gray(upright, warnings)
-    height, width = pixels.shape
-    return LoadedImage(pixels, name, fmt, (width, height), metadata, warnings)
+    return LoadedImage(pixels, name, fmt, file_size, metadata, warnings)
 
 
 def _to_gray(img: Image.Image, warnings: list[str]) -> np.ndarray:

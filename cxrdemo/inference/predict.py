@@ -27,6 +27,7 @@ from cxrdemo.paths import weights_dir
 
 DEFAULT_PREFERENCE = ("resnet18-binary", "zubinrnet-binary", "cnn4-binary")
 NOT_ASSESSED = "Not assessed"
+WARM_UP_SIDE = 320  # the blank image of the warm-up: the dataset's shorter side
 OOD_REASON = "this image does not look like the pediatric chest X-rays the models were trained on"
 
 
@@ -92,6 +93,7 @@ class Predictor:
         self.errors: dict[str, str] = {}
         # (stamp of the card files, cards): parsing every card costs ~2 ms, and one answer asks several times
         self._cards: tuple[tuple, dict[str, dict]] | None = None
+        self._warm = threading.Event()
 
     # --- the registry -----------------------------------------------------------------------------
     def cards(self) -> dict[str, dict]:
@@ -126,17 +128,29 @@ class Predictor:
         return ids[0]
 
     def warm_up(self) -> None:
-        """Load the default model and the autoencoder; errors are kept, not raised.
+        """Load what the first answer uses and answer one blank image; errors are kept, not raised.
 
-        pytorch-grad-cam (and matplotlib with it, 3.6 s on 2 cores) is not imported here: the default
-        heatmap takes explain's one-pass fast path, which needs neither, and importing it here competed
-        with the first request for the CPU. Only another CAM method pays for it, on first use.
+        That is the default model, the autoencoder and the subtype model, and one prediction with its
+        heatmap: a network's first forward and backward pay one-off costs (0.17 s on 2 cores), which
+        the first upload should not. pytorch-grad-cam (and matplotlib with it, 3.6 s on 2 cores) is not
+        imported: the default heatmap takes explain's one-pass fast path, which needs neither. Only
+        another CAM method pays for it, on first use.
         """
+        side = WARM_UP_SIDE
+        blank = LoadedImage(np.full((side, side), 128, np.uint8), "warm-up", "PNG", (side, side))
         try:
-            self.get(self.default_model_id())
-            self.autoencoder()
+            self.predict_and_explain(blank, self.default_model_id(), with_subtype=False)
+            subtype_id = self.subtype_model_id()
+            if subtype_id:
+                self.probabilities(blank.pixels, subtype_id)
         except (ModelLoadError, OSError, ValueError) as err:
             self.errors.setdefault("warm-up", str(err))
+        finally:
+            self._warm.set()
+
+    def wait_until_warm(self, timeout: float | None = None) -> bool:
+        """Block until a `warm_up` (on another thread) has finished; False on timeout."""
+        return self._warm.wait(timeout)
 
     def subtype_model_id(self) -> str | None:
         """The installed subtype model with the best validation macro AUROC (test is never consulted)."""
