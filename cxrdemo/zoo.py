@@ -32,7 +32,8 @@ from cxrdemo.training.finalize import default_model_id
 Plan = list[tuple[str, str, list[str]]]  # (arch, task, extra `train` arguments)
 
 # 2 CPU cores with native bf16 (AMX / AVX512-BF16): budgets from `python -m benchmarks.bench_training`
-# (resnet18 at 224 px trains at ~39 images/s in bf16, resnet50 at 160 px ~15, vgg16 at 96 px ~20).
+# (2026-12-05, AMD EPYC with AVX512-BF16, batch 32: resnet18 at 224 px 34 images/s in bf16, resnet50 at
+# 192 px 16, vgg16 at 96 px 23; docs/RESULTS.md).
 # Every classifier ships its final EMA weights ("--select last") and the equal-prior threshold:
 # the decision rules of docs/DECISIONS.md, written before any of these models saw the test split.
 # The ResNet-18 subtype model and VGG-16 have budgets that fit in one 3-hour session on an fp32-only
