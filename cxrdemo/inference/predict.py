@@ -130,16 +130,19 @@ class Predictor:
     def warm_up(self) -> None:
         """Load what the first answer uses and answer one blank image; errors are kept, not raised.
 
-        That is the default model, the autoencoder and the subtype model, and one prediction with its
-        heatmap: a network's first forward and backward pay one-off costs (0.17 s on 2 cores), which
-        the first upload should not. pytorch-grad-cam (and matplotlib with it, 3.6 s on 2 cores) is not
+        That is the default model, the autoencoder and the subtype model, and one prediction and one
+        heatmap: a network's first inference forward and first forward + backward each pay one-off costs
+        (0.1-0.2 s on 2 cores), which the first upload should not. pytorch-grad-cam (and matplotlib with it, 3.6 s on 2 cores) is not
         imported: the default heatmap takes explain's one-pass fast path, which needs neither. Only
         another CAM method pays for it, on first use.
         """
         side = WARM_UP_SIDE
         blank = LoadedImage(np.full((side, side), 128, np.uint8), "warm-up", "PNG", (side, side))
         try:
-            self.predict_and_explain(blank, self.default_model_id(), with_subtype=False)
+            default_id = self.default_model_id()
+            # both paths a page takes: the batched inference forward and the heatmap's forward + backward
+            self.predict(blank, default_id, with_subtype=False)
+            self.predict_and_explain(blank, default_id, with_subtype=False)
             subtype_id = self.subtype_model_id()
             if subtype_id:
                 self.probabilities(blank.pixels, subtype_id)
