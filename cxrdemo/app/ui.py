@@ -61,8 +61,9 @@ def shared_predictor(directory: str) -> Predictor:
     """One predictor (and so one copy of each model) per weights folder for the whole server process.
 
     The first call imports the backend and starts the predictor's warm-up (models loaded, one blank image
-    answered) in the background. `streamlit run app.py` makes that first call when the server starts (`server_lifespan`),
-    before any browser connects; a session that asks meanwhile waits for the import, not for the models.
+    answered) in the background. `streamlit run app.py` makes that first call when the server starts
+    (`server_lifespan`), before any browser connects; a session that asks meanwhile waits for the import,
+    not for the models.
     """
     with _PREDICTORS_LOCK:
         if directory not in _PREDICTORS:
@@ -154,4 +155,3 @@ def page_sidebar(pred: Predictor) -> None:
         for model_id, message in pred.errors.items():
             st.warning(f"{model_id}: {message}")
         st.caption(NOTICE)
-

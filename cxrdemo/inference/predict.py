@@ -132,9 +132,9 @@ class Predictor:
 
         That is the default model, the autoencoder and the subtype model, and one prediction and one
         heatmap: a network's first inference forward and first forward + backward each pay one-off costs
-        (0.1-0.2 s on 2 cores), which the first upload should not. pytorch-grad-cam (and matplotlib with it, 3.6 s on 2 cores) is not
-        imported: the default heatmap takes explain's one-pass fast path, which needs neither. Only
-        another CAM method pays for it, on first use.
+        (0.1-0.2 s on 2 cores), which the first upload should not. pytorch-grad-cam (and matplotlib with
+        it, 3.6 s on 2 cores) is not imported: the default heatmap takes explain's one-pass fast path,
+        which needs neither. Only another CAM method pays for it, on first use.
         """
         side = WARM_UP_SIDE
         blank = LoadedImage(np.full((side, side), 128, np.uint8), "warm-up", "PNG", (side, side))
