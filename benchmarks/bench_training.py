@@ -29,8 +29,8 @@ from cxrdemo.training.data import PreparedData, SplitData
 from cxrdemo.training.loop import Callback, train_one_epoch
 from cxrdemo.training.run import build_context
 
-DEFAULT = {"resnet18": (96, 128, 192, 224), "resnet50": (96, 128, 160, 192), "vgg16": (96, 128), "zubinrnet": (128, 224)}
-DEFAULT |= {"cnn4": (128, 224), "autoencoder": (96,)}
+DEFAULT = {"resnet18": (96, 128, 192, 224), "resnet50": (96, 128, 160, 192), "vgg16": (96, 128)}
+DEFAULT |= {"zubinrnet": (128, 224), "cnn4": (128, 224), "autoencoder": (96,)}
 
 
 class StepClock(Callback):

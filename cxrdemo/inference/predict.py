@@ -22,6 +22,7 @@ from cxrdemo.imaging.preprocess import PixelImages, resize_square, to_unit
 from cxrdemo.inference.explain import Explanation, explain
 from cxrdemo.inference.ood import statistics_distance
 from cxrdemo.inference.served import serve
+from cxrdemo.models.folding import serving_form
 from cxrdemo.models.registry import LoadedModel, ModelLoadError, list_cards, load_model
 from cxrdemo.paths import weights_dir
 
@@ -184,7 +185,10 @@ class Predictor:
             # never as inference tensors: callers inside torch.inference_mode() would otherwise make the
             # weights unusable for Grad-CAM's backward pass
             with torch.inference_mode(False):
-                model = serve(load_model(model_id, self.directory), self.get)
+                loaded = load_model(model_id, self.directory)
+                if loaded.module is not None:
+                    serving_form(loaded.module)
+                model = serve(loaded, self.get)
             model.card["_stamp"] = stamp
             with self._lock:
                 self._models[model_id] = model

@@ -19,7 +19,7 @@ from safetensors.torch import load, save
 from cxrdemo.card import CardError, ModelCard
 from cxrdemo.fileio import atomic_write_bytes, atomic_write_json
 from cxrdemo.imaging.preprocess import Preprocessing
-from cxrdemo.models.architectures import create_model
+from cxrdemo.models.architectures import model_skeleton
 from cxrdemo.paths import weights_dir
 
 ROLLBACK_DIR = ".rollback"  # previous version of each promoted model (git-ignored)
@@ -193,8 +193,11 @@ def load_model(model_id: str, directory: Path | None = None) -> LoadedModel:
     if card.get("kind") == "knn":
         return LoadedModel(model_id, card, None, tensors)
     try:
-        module = create_model(card["arch"], len(card.get("classes", [])) or 2)
-        module.load_state_dict({k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()})
+        module = model_skeleton(card["arch"], len(card.get("classes", [])) or 2)
+        state = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}
+        module.load_state_dict(state, assign=True)
+        if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+            raise ValueError("a parameter or buffer is not in the weights file")
     except (KeyError, RuntimeError, ValueError) as err:
         reason = str(err).splitlines()[0][:160]
         raise ModelLoadError(
