@@ -40,7 +40,8 @@ def main() -> None:
                 cold = time.perf_counter() - start
                 page.wait_for_timeout(args.think * 1000)  # a user finding the file; the models warm up meanwhile
                 uploads = []
-                for i, path in enumerate(files[attempt * 3 : attempt * 3 + 3]):
+                for i in range(3):
+                    path = files[(attempt * 3 + i) % len(files)]
                     if i:  # the same tab, the previous file removed: one image on the page at a time
                         page.get_by_test_id("stFileChipDeleteBtn").first.click()
                         expect(page.get_by_text("heatmap of")).to_have_count(0, timeout=60_000)
@@ -56,6 +57,7 @@ def main() -> None:
     colds = [r[0] for r in rows]
     firsts = [r[1][0] for r in rows]
     later = [u for r in rows for u in r[1][1:]]
+    print("first uploads, s: " + " ".join(f"{t:.2f}" for t in firsts))
     print("| measurement | median s | max s | n | command |")
     print("|---|---|---|---|---|")
     print(

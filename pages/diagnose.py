@@ -152,9 +152,9 @@ def _report_bytes(build: Callable[..., bytes], *args, **kwargs) -> bytes:
 
 
 def _show_probabilities(prediction: Prediction) -> None:
-    """The decision rule in words and the probability bars."""
+    """The decision rule in words and the probability bars (styled by the page's PROBABILITY_BARS_STYLE)."""
     st.caption(diagnosis.decision_text(prediction))
-    st.html(diagnosis.probability_bars_html(prediction))
+    st.markdown(diagnosis.probability_bars_html(prediction), unsafe_allow_html=True)
 
 
 def _show_subtype(prediction: Prediction) -> None:
@@ -284,9 +284,7 @@ def result_ui(item: BatchItem, index: int, batch: bool, settings: Settings, inst
         st.caption(" · ".join(f"{k}: {v}" for k, v in facts))
     else:
         with st.expander("File details"):
-            st.dataframe(
-                {"field": [k for k, _ in facts], "value": [v for _, v in facts]}, hide_index=True, key=f"facts_{index}"
-            )
+            st.markdown(diagnosis.facts_table(facts))
 
     if overlay is not None:
         _show_reports(item, index, overlay, explained, installed)
@@ -371,14 +369,20 @@ handed_over = st.session_state.pop("diagnose_example", None)
 if handed_over:
     st.session_state[EXAMPLE_KEY] = Example(str(handed_over), sample=False)
 
+# Everything a first answer draws, drawn before there is one: the settings row, and (invisible) the bars'
+# style through the HTML-enabled Markdown the bars use. The browser loads each kind of element's code on
+# its first appearance: on a fresh page that loading cost the first upload 0.4 s on 2 cores, and it now
+# happens while the user picks a file (`python -m benchmarks.bench_app`). The file details are a Markdown
+# table for the same reason (a dataframe's code alone is some 20 files).
+st.markdown(diagnosis.PROBABILITY_BARS_STYLE, unsafe_allow_html=True)
 sources = sources_ui(installed, example_col, uploads)
-if not sources:
-    st.info("Upload one or more chest X-rays, or try an example, to see what the models make of them.")
-    st.stop()
 try:
     settings = settings_ui(installed, active)
 except ModelLoadError as err:
     st.error(diagnosis.one_line(err))
+    st.stop()
+if not sources:
+    st.info("Upload one or more chest X-rays, or try an example, to see what the models make of them.")
     st.stop()
 
 batch = len(sources) > 1

@@ -54,7 +54,8 @@ def test_main_journey(page: Page, streamlit_server, sample_dir: Path):
     images = page.get_by_test_id("stImage")
     expect(images.nth(1)).to_be_visible(timeout=SLOW)  # original and Grad-CAM overlay side by side
     expect(page.get_by_text(re.compile("heatmap of")).first).to_be_visible()
-    assert images.nth(1).locator("img").evaluate("e => e.complete && e.naturalWidth") > 0
+    overlay = images.nth(1).locator("img").element_handle()
+    page.wait_for_function("e => e.complete && e.naturalWidth > 0", arg=overlay, timeout=SLOW)  # it loads
     screenshot(page, "diagnose")
 
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="Dataset explorer").click()

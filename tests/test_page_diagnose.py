@@ -124,7 +124,7 @@ _MARKER = re.compile(r'data-class="([^"]*)"[^>]*>(?:(?!data-class).)*?data-thres
 
 
 def _bars_of(body: str) -> dict[str, float]:
-    """class -> probability of the probability bars in one st.html body (empty when it has none)."""
+    """class -> probability of the probability bars in one Markdown body (empty when it has none)."""
     return {html.unescape(name): float(p) for name, p in _BAR.findall(body)}
 
 
@@ -135,7 +135,7 @@ def _threshold_markers(body: str) -> dict[str, float]:
 
 def _probability_bars(at: AppTest) -> list[dict[str, float]]:
     """The probability bars on the page, one dict per result."""
-    return [bars for node in at.get("html") if (bars := _bars_of(node.proto.body))]
+    return [bars for node in at.markdown if (bars := _bars_of(node.value))]
 
 
 def _assert_prediction_shown(at: AppTest, predictor: Predictor) -> None:
@@ -156,6 +156,18 @@ def test_first_render_has_no_exception(predictor: Predictor) -> None:
     assert {".dcm", ".png", ".jpeg"} <= set(at.file_uploader(key="uploads").allowed_type)
     assert [b for b in at.button if b.key and b.key.startswith("example_")], "no example buttons"
     assert not at.error
+    # what a first answer draws is on the page before any upload, so the browser has its code already
+    assert at.radio(key="diagnose_mode").value == diagnosis.SINGLE
+    assert at.selectbox(key="cam_method").value == "gradcam"
+    assert at.slider(key="cam_opacity").value == pytest.approx(0.4)
+    assert any(m.value.startswith("<style>") and diagnosis.PROBABILITY_BARS_CLASS in m.value for m in at.markdown)
+    assert not _probability_bars(at)
+
+
+def test_file_details_are_a_literal_markdown_table() -> None:
+    table = diagnosis.facts_table([("format", "DICOM"), ("StudyDescription", "CHEST | PA *portable*")])
+    assert table.splitlines()[:3] == ["| field | value |", "|---|---|", "| format | DICOM |"]
+    assert table.splitlines()[3] == r"| StudyDescription | CHEST \| PA \*portable\* |"
 
 
 @pytest.mark.parametrize("label", ["PNEUMONIA", "NORMAL"])
@@ -169,7 +181,7 @@ def test_jpeg_upload_shows_prediction_chart_overlay_and_threshold(label: str, pr
     assert list(bars) == model.classes
     assert sum(bars.values()) == pytest.approx(1.0, abs=1e-5)
     if len(model.classes) == 2:  # the operating threshold is drawn on the positive bar
-        body = at.get("html")[0].proto.body
+        (body,) = [node.value for node in at.markdown if _bars_of(node.value)]
         assert _threshold_markers(body) == {model.classes[1]: pytest.approx(model.threshold, abs=1e-6)}
     assert any("heatmap of" in (c or "") for img in at.image for c in img.captions)
 
@@ -216,11 +228,11 @@ def test_non_chest_upload_is_not_assessed_and_the_output_waits_in_an_expander(pr
     assert not output.proto.expanded  # collapsed: one deliberate click away
     inside = list(output)
     inside_ids = {id(node) for node in inside}
-    bars = [_bars_of(node.proto.body) for node in inside if node.type == "html"]
+    bars = [bars for node in inside if node.type == "markdown" and (bars := _bars_of(node.value))]
     assert len(bars) == 1 and len(_probability_bars(at)) == 1  # the only bars are in the expander
     assert list(bars[0]) == classes
     assert sum(bars[0].values()) == pytest.approx(1.0, abs=1e-5)
-    (body,) = [node.proto.body for node in inside if node.type == "html"]
+    (body,) = [node.value for node in inside if node.type == "markdown" and _bars_of(node.value)]
     assert diagnosis.PREDICTED_COLOUR not in body  # no bar marked as the verdict
     assert any(n.type == "caption" and n.value.startswith("Not a diagnosis") for n in inside)
     heatmaps = [img for img in at.image if any("heatmap of" in (c or "") for c in img.captions)]
@@ -557,6 +569,8 @@ def test_the_uploader_is_on_the_page_before_the_backend_is_imported(_weights: Pa
 
         st.file_uploader = recording_uploader
         at = AppTest.from_file({APP!r}, default_timeout=180).run()
+        from cxrdemo.app.ui import predictor
+        predictor().wait_until_warm(180)  # exiting while the warm-up thread is inside torch aborts the process
         print(json.dumps({{"at_uploader": torch_loaded_at_uploader, "after": "torch" in sys.modules,
                           "exceptions": [e.value for e in at.exception], "info": [i.value for i in at.info]}}))
     """)

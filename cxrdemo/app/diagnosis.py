@@ -270,7 +270,7 @@ def one_line(text: str) -> str:
 
 PREDICTED_COLOUR, OTHER_COLOUR = "#d6336c", "#adb5bd"
 PROBABILITY_BARS_CLASS = "cxr-probabilities"
-_BARS_STYLE = f"""<style>
+PROBABILITY_BARS_STYLE = f"""<style>
 .{PROBABILITY_BARS_CLASS} {{display: grid; grid-template-columns: max-content 1fr 4.2em; gap: 0.45rem 0.6rem;
   align-items: center; font-size: 0.85rem; margin: 0.2rem 0 0.8rem 0;}}
 .{PROBABILITY_BARS_CLASS} .track {{position: relative; height: 1.35rem; background: rgba(128, 128, 128, 0.12);
@@ -287,7 +287,8 @@ def probability_bars_html(prediction: Prediction) -> str:
     Plain HTML rather than a plotly chart, so the browser draws it with the answer: Streamlit's frontend
     loads its plotly bundle (4.7 MB) on the first chart of a session, which put the first upload's chart
     1.2-1.9 s behind its heatmap on 2 cores (`python -m benchmarks.bench_app`). Each bar carries its class
-    and probability (and the threshold marker its value) as data attributes and ARIA meter values.
+    and probability (and the threshold marker its value) as data attributes and ARIA meter values. The
+    page draws `PROBABILITY_BARS_STYLE` once, before any upload.
     """
     positive = positive_class(prediction)
     rows = []
@@ -308,7 +309,7 @@ def probability_bars_html(prediction: Prediction) -> str:
             f'<div class="fill" style="width: {100 * p:.2f}%; background: {colour}"></div>{marker}</div>'
             f'<div class="value">{p:.1%}</div>'
         )
-    return f'{_BARS_STYLE}<div class="{PROBABILITY_BARS_CLASS}">{"".join(rows)}</div>'
+    return f'<div class="{PROBABILITY_BARS_CLASS}">{"".join(rows)}</div>'
 
 
 _MARKDOWN_SPECIAL = set("\\`*_{}[]()<>#+-.!|~$:")
@@ -334,6 +335,12 @@ def file_facts(image: LoadedImage) -> list[tuple[str, str]]:
     facts = [("format", image.source_format), ("size", f"{image.original_size[0]} x {image.original_size[1]} px")]
     facts += [(k, v) for k, v in image.metadata.items() if k != "format"]
     return facts
+
+
+def facts_table(facts: list[tuple[str, str]]) -> str:
+    """File facts as a two-column Markdown table, every value shown literally."""
+    rows = [f"| {markdown_escape(k)} | {markdown_escape(v)} |" for k, v in facts]
+    return "\n".join(["| field | value |", "|---|---|", *rows])
 
 
 def cam_method_help(network_id: str) -> str:
