@@ -127,8 +127,15 @@ def settings_ui(installed: Installed, model_id: str) -> Settings:
     )
     opacity = opacity_col.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="cam_opacity")
     show_reconstruction = False
+    toggles = st.container(horizontal=True)
+    show_lungs = toggles.toggle(
+        "Show lung outline",
+        value=True,
+        key="show_lungs",
+        help="The lungs the segmenter found, the window the model's input is cut from, and that input.",
+    )
     if "autoencoder" in cards:
-        show_reconstruction = st.checkbox(
+        show_reconstruction = toggles.checkbox(
             "Show autoencoder reconstruction",
             key="show_reconstruction",
             help="What the out-of-distribution autoencoder rebuilds; bright error means unlike the training X-rays.",
@@ -138,7 +145,7 @@ def settings_ui(installed: Installed, model_id: str) -> Settings:
         f"Active model **{model_id}** (change it in the sidebar): "
         + " · ".join(f"{label[:1].lower()}{label[1:]} {value}" for label, value in summary[1:])
     )
-    return Settings(model_id, mode, method, target, opacity, show_reconstruction)
+    return Settings(model_id, mode, method, target, opacity, show_reconstruction, show_lungs)
 
 
 # --- one image -----------------------------------------------------------------------------------------
@@ -187,7 +194,7 @@ def _show_heatmap(
                 ),
             )
         overlay = overlay_heatmap(image.pixels, heat.as_float(), settings.opacity)
-        explained = f"{settings.method} heatmap of {heat.target} ({heat.network})"
+        explained = diagnosis.heatmap_caption(heat, settings.method)
         st.image(overlay, caption=explained, width="stretch")
         if heat.note:
             st.caption(heat.note)
@@ -196,6 +203,28 @@ def _show_heatmap(
         log.exception("diagnose: heatmap failed for upload %d", index)
         st.info("No heatmap for this image: internal error.")
         return None, None
+
+
+def _show_image(item: BatchItem, settings: Settings, installed: Installed) -> None:
+    """The upload, with the lung outline and the crop window when asked, and the square the model saw."""
+    image = item.image
+    caption = f"{image.name} ({image.source_format})"
+    view = None
+    if settings.show_lungs:
+        try:
+            view = memo(
+                installed.store,
+                ("lungs", item.digest, settings.model_id, installed.fingerprint),
+                functools.partial(diagnosis.lung_view, installed.pred, image.pixels, settings.model_id),
+            )
+        except Exception:
+            log.exception("diagnose: lung outline failed")
+            st.caption("No lung outline for this image: internal error.")
+    if view is None:
+        st.image(image.pixels, caption=caption, width="stretch")
+        return
+    st.image(view.outlined, caption=f"{caption} · {view.caption}", width="stretch")
+    st.image(view.model_input, caption=view.input_caption, width=160)
 
 
 def _show_reconstruction(item: BatchItem, installed: Installed) -> None:
@@ -249,7 +278,8 @@ def result_ui(item: BatchItem, index: int, batch: bool, settings: Settings, inst
     if prediction.withheld:
         # no verdict, no subtype: the reason up front, the model's output one deliberate click away
         image_col, result_col = st.columns([1, 2.15], gap="medium")
-        image_col.image(image.pixels, caption=f"{image.name} ({image.source_format})", width="stretch")
+        with image_col:
+            _show_image(item, settings, installed)
         with result_col:
             st.subheader(prediction.verdict)
             st.warning(prediction.withheld_reason, icon=":material/block:")
@@ -267,7 +297,8 @@ def result_ui(item: BatchItem, index: int, batch: bool, settings: Settings, inst
                     _show_subtype(prediction)
     else:
         image_col, heat_col, result_col = st.columns([1, 1, 1.15], gap="medium")
-        image_col.image(image.pixels, caption=f"{image.name} ({image.source_format})", width="stretch")
+        with image_col:
+            _show_image(item, settings, installed)
         with heat_col:
             overlay, explained = _show_heatmap(item, index, settings, installed)
         with result_col:

@@ -155,7 +155,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             result = prediction.to_dict()
             result["file"] = name
             if args.cam:
-                result["cam"] = str(_write_cam(predictor, image, model_id, args.cam, Path(args.cam_out)))
+                cam_path, lung_share = _write_cam(predictor, image, model_id, args.cam, Path(args.cam_out))
+                result["cam"], result["cam_lung_share"] = str(cam_path), lung_share
         except ImageLoadError as err:
             failed = True
             result = {"file": name, "error": str(err)}
@@ -176,9 +177,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if failed else 0
 
 
-def _write_cam(predictor, image, model_id: str, method: str, out_dir: Path) -> Path:
-    """Overlay PNG; the ensemble and k-NN have no network of their own, so their first member or backbone
-    is explained and named in the file name."""
+def _write_cam(predictor, image, model_id: str, method: str, out_dir: Path) -> tuple[Path, float | None]:
+    """Overlay PNG and the heatmap's share inside the lungs; the ensemble and k-NN have no network of their
+    own, so their first member or backbone is explained and named in the file name."""
     from PIL import Image
 
     from cxrdemo.inference.explain import explain
@@ -190,7 +191,7 @@ def _write_cam(predictor, image, model_id: str, method: str, out_dir: Path) -> P
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{Path(image.name).stem}.{network_id}.{method}.png"
     Image.fromarray(explanation.overlay).save(path)
-    return path
+    return path, None if explanation.lung_share is None else round(explanation.lung_share, 4)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -211,14 +212,43 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "error": card.get("error"),
             }
         )
+    segmenter = _lung_model_row()
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps(rows + ([segmenter] if segmenter else [])))
         return 0
     print(f"{'id':<20}{'kind':<13}{'task':<9}{'recipe':<34}test metrics")
     for row in rows:
         metrics = row["error"] or "  ".join(f"{k}={v}" for k, v in row["test"].items())
         print(f"{row['id']:<20}{row['kind'] or '?':<13}{row['task'] or '?':<9}{row['recipe']:<34}{metrics}")
+    if segmenter:
+        print(f"\n{segmenter['id']} (lung fields, {segmenter['arch']}): validation Dice "
+              f"{segmenter['dice_full_resolution']} full-resolution / {segmenter['dice_224_copies']} 224x224 copies, "
+              f"{segmenter['cpu_ms_per_image']} ms per image on the CPU\n  data: {segmenter['data_source']}"
+              f"\n  licence: {segmenter['licence']}")
     return 0
+
+
+def _lung_model_row() -> dict | None:
+    """The lung segmenter's card in brief (it lives in weights/lungs/, apart from the classifiers)."""
+    from cxrdemo.fileio import read_json
+    from cxrdemo.imaging import lungs
+
+    path = lungs.weights_path().with_suffix(".json")
+    if not path.exists():
+        return None
+    card = read_json(path)
+    metrics = card.get("metrics", {})
+    return {
+        "id": card.get("id", lungs.MODEL_ID),
+        "kind": "segmenter",
+        "arch": card.get("arch"),
+        "task": card.get("task"),
+        "dice_full_resolution": metrics.get("val_dice_full_resolution", {}).get("mean"),
+        "dice_224_copies": metrics.get("val_dice_224_copies", {}).get("mean"),
+        "cpu_ms_per_image": card.get("cpu_ms_per_image"),
+        "data_source": card.get("data_source"),
+        "licence": card.get("licence"),
+    }
 
 
 def recipe(card: dict) -> str:

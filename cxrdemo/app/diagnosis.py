@@ -22,7 +22,9 @@ import pandas as pd
 from PIL import Image
 
 from cxrdemo.data.dataset import load_dataset
+from cxrdemo.imaging import lungs
 from cxrdemo.imaging.decode import LoadedImage
+from cxrdemo.imaging.preprocess import crop_window, model_square
 from cxrdemo.inference.explain import explain
 from cxrdemo.inference.predict import Prediction, Predictor, decided_class
 from cxrdemo.models.registry import LoadedModel, ModelLoadError
@@ -76,6 +78,7 @@ class Heatmap:
     network: str  # id of the model whose network was explained
     target: str  # class explained
     note: str | None  # why another model's network was explained, for a caption
+    lung_share: float | None = None  # share of the heatmap's mass inside the lungs (None: no lungs found)
 
     def as_float(self) -> np.ndarray:
         return self.heatmap.astype(np.float32) / 255.0
@@ -103,7 +106,59 @@ def heatmap(pred: Predictor, pixels: np.ndarray, model_id: str, *, method: str, 
         precision=network.precision,
     )
     heat = np.rint(np.clip(result.heatmap, 0.0, 1.0) * 255).astype(np.uint8)
-    return Heatmap(heat, network.id, target, note)
+    return Heatmap(heat, network.id, target, note, result.lung_share)
+
+
+def heatmap_caption(heat: Heatmap, method: str) -> str:
+    """What the heatmap shows, and how much of it falls on the lungs."""
+    caption = f"{method} heatmap of {heat.target} ({heat.network})"
+    if heat.lung_share is not None:
+        caption += f" · {heat.lung_share:.0%} of the heatmap lies inside the lungs"
+    return caption
+
+
+# --- lung fields ---------------------------------------------------------------------------------------
+
+OUTLINE_COLOUR = (60, 220, 90)
+WINDOW_COLOUR = (250, 200, 40)
+
+
+@dataclass
+class LungView:
+    """The lungs as the page shows them: the image with their outline and the crop window, and the crop."""
+
+    outlined: np.ndarray  # HxWx3 uint8
+    model_input: np.ndarray  # S x S uint8: the square the explained network saw
+    caption: str
+    input_caption: str
+
+
+def lung_view(pred: Predictor, pixels: np.ndarray, model_id: str) -> LungView | None:
+    """None when no lung model is installed; else the outline, the crop window and the model's input."""
+    import cv2
+
+    if not lungs.installed():
+        return None
+    network = pred.get(model_id).explained_network()
+    spec = network.preprocessing
+    fields = lungs.find_lungs(pixels)
+    rgb = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_GRAY2RGB)
+    thickness = max(2, round(max(pixels.shape) / 250))
+    if fields.plausible:
+        mask = fields.mask(*pixels.shape).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(rgb, contours, -1, OUTLINE_COLOUR, thickness)
+        caption = f"Lung outline (green, {fields.area:.0%} of the image)"
+        if spec.resize == "lung_crop":
+            x0, y0, x1, y1 = crop_window(pixels.shape, fields.box, spec.margin)
+            cv2.rectangle(rgb, (x0, y0), (x1 - 1, y1 - 1), WINDOW_COLOUR, thickness)
+            caption += " and the window the model cuts (yellow)"
+    else:
+        caption = f"No plausible lungs found: {fields.reason}"
+    square = model_square(pixels, spec, fields)
+    how = "the lung window" if spec.resize == "lung_crop" and fields.plausible else "the whole image"
+    input_caption = f"What {network.id} saw: {how}, {spec.input_size} x {spec.input_size} px"
+    return LungView(rgb, square, caption, input_caption)
 
 
 # --- charts and tables -------------------------------------------------------------------------------
@@ -156,6 +211,7 @@ class Settings:
     target: str = PREDICTED  # the class the heatmap explains, or PREDICTED
     opacity: float = 0.4
     show_reconstruction: bool = False  # the autoencoder's reconstruction and error map
+    show_lungs: bool = True  # the lung outline, the crop window and the model's input square
 
 
 @dataclass

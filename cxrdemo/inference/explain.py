@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 import torch
 
-from cxrdemo.imaging.preprocess import Preprocessing, to_input
+from cxrdemo.imaging import lungs
+from cxrdemo.imaging.preprocess import Preprocessing, paste_back, to_input
 from cxrdemo.models.architectures import Classifier, cam_target_layer
 from cxrdemo.precision import autocast
 
@@ -61,6 +62,8 @@ class Explanation:
     overlay: np.ndarray  # HxWx3 uint8: the grayscale image with the jet-coloured heatmap blended in
     method: str  # a key of CAM_METHODS
     target_class: int  # the class explained (the predicted one unless asked otherwise)
+    lung_fields: lungs.LungFields | None = None  # the lungs found (None: no lung model installed)
+    lung_share: float | None = None  # share of heatmap mass inside the lungs (None: no plausible lungs)
 
 
 # --- per-model readers-writer lock -------------------------------------------------------------------
@@ -266,8 +269,12 @@ def explain(
     opacity: float = 0.4,
     layer: torch.nn.Module | None = None,
     precision: str = "fp32",
+    fields: lungs.LungFields | None = None,
 ) -> Explanation:
     """Explain one grayscale uint8 image (HxW): logits, heatmap and overlay at the image's resolution.
+
+    `fields` are the image's lungs when already found; else they are found here when a lung model is
+    installed (a lung-crop model needs them; for any model they give the heatmap's lung share).
 
     `target_class` None explains the predicted class; `layer` None is `cam_target_layer(model)`;
     `precision` is the trunk's on the fast path (the model's serving precision, `LoadedModel.precision`).
@@ -284,21 +291,27 @@ def explain(
         raise ValueError("layer must be a submodule of model")
 
     with torch.inference_mode(False):  # a normal tensor even for callers in inference mode (autograd saves it)
-        x = to_input(pixels, spec).to(next(model.parameters()).device)
+        if fields is None and (spec.resize == "lung_crop" or lungs.installed()):
+            fields = lungs.find_lungs(pixels)
+        x = to_input(pixels, spec, fields).to(next(model.parameters()).device)
     if method == "gradcam" and layer is default_layer:
         with _in_eval_mode(model, hooks=False):
             logits, cam, c = _fast_gradcam(model, x, target_class, precision)
     else:
         logits, cam, c = _library_cam(model, x, method, layer, target_class)
 
-    # The image was squashed to a square, so stretching the map back to HxW puts it where the model looked.
-    # (cv2's bilinear resize uses the same half-pixel centres as F.interpolate(align_corners=False), faster)
-    heatmap = cv2.resize(cam.float().cpu().numpy(), (pixels.shape[1], pixels.shape[0]), interpolation=cv2.INTER_LINEAR)
-    heatmap = np.clip(heatmap, 0.0, 1.0)
+    # The map goes back where the square came from: stretched over the whole image (squash) or over
+    # the lung window (lung crop, zero outside it), so it lies where the model looked.
+    heatmap = np.clip(paste_back(cam.float().cpu().numpy(), pixels.shape, spec, fields), 0.0, 1.0)
+    share = None
+    if fields is not None and fields.plausible:
+        share = lungs.share_inside(heatmap, fields.mask(*pixels.shape))
     return Explanation(
         logits=logits[0].float().cpu().numpy(),
         heatmap=heatmap,
         overlay=overlay_heatmap(pixels, heatmap, opacity),
         method=method,
         target_class=c,
+        lung_fields=fields,
+        lung_share=share,
     )

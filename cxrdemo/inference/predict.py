@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cxrdemo.evaluation.calibration import apply_temperature
+from cxrdemo.imaging import lungs
 from cxrdemo.imaging.decode import LoadedImage
 from cxrdemo.imaging.preprocess import PixelImages, resize_square, to_unit
 from cxrdemo.inference.explain import Explanation, explain
@@ -44,6 +45,8 @@ class Prediction:
     ood: bool | None = None  # None when no autoencoder is installed
     ood_score: float | None = None
     subtype: dict[str, float] | None = None  # normal/bacteria/virus from the subtype model
+    lungs_found: bool | None = None  # None when no lung model is installed
+    lung_box: list[float] | None = None  # [x0, y0, x1, y1] in fractions of the image
 
     @property
     def verdict(self) -> str:
@@ -196,15 +199,26 @@ class Predictor:
 
     # --- predictions ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def probabilities(self, pixels: np.ndarray, model_id: str) -> tuple[np.ndarray, LoadedModel]:
-        """Calibrated class probabilities (C,) of one grayscale image: a batch of one."""
+    def probabilities(
+        self, pixels: np.ndarray, model_id: str, images: PixelImages | None = None
+    ) -> tuple[np.ndarray, LoadedModel]:
+        """Calibrated class probabilities (C,) of one grayscale image: a batch of one.
+
+        `images` is that image as `PixelImages` when the caller has it (its lungs are found once).
+        """
         model = self.get(model_id)
-        return model.probabilities(PixelImages([pixels]))[0], model
+        return model.probabilities(images or PixelImages([pixels]))[0], model
 
     def predict(self, image: LoadedImage, model_id: str | None = None, *, with_subtype: bool = True) -> Prediction:
         model_id = model_id or self.default_model_id()
-        probs, model = self.probabilities(image.pixels, model_id)
-        return self._finish(image, model_id, model, probs, with_subtype)
+        images = PixelImages([image.pixels])
+        probs, model = self.probabilities(image.pixels, model_id, images)
+        return self._finish(image, model_id, model, probs, with_subtype, images)
+
+    @staticmethod
+    def lung_fields(images: PixelImages) -> lungs.LungFields | None:
+        """The lungs of a one-image batch; None when no lung model is installed."""
+        return images.lung_fields[0] if lungs.installed() else None
 
     def explain_network(self, model_id: str) -> tuple[str, LoadedModel]:
         """The single network Grad-CAM can explain for `model_id` (ensemble: first member; k-NN: backbone)."""
@@ -227,6 +241,7 @@ class Predictor:
         """
         model_id = model_id or self.default_model_id()
         network_id, network = self.explain_network(model_id)
+        images = PixelImages([image.pixels])
         explanation = explain(
             network.module,
             image.pixels,
@@ -235,21 +250,30 @@ class Predictor:
             target_class=target_class,
             opacity=opacity,
             precision=network.precision,
+            fields=self.lung_fields(images),
         )
         if network_id == model_id:
             probs = apply_temperature(explanation.logits[None], network.temperature)[0]
-            prediction = self._finish(image, model_id, network, probs, with_subtype)
+            prediction = self._finish(image, model_id, network, probs, with_subtype, images)
         else:
-            prediction = self.predict(image, model_id, with_subtype=with_subtype)
+            probs, model = self.probabilities(image.pixels, model_id, images)
+            prediction = self._finish(image, model_id, model, probs, with_subtype, images)
         return prediction, explanation, network_id
 
     def _finish(
-        self, image: LoadedImage, model_id: str, model: LoadedModel, probs: np.ndarray, with_subtype: bool
+        self,
+        image: LoadedImage,
+        model_id: str,
+        model: LoadedModel,
+        probs: np.ndarray,
+        with_subtype: bool,
+        images: PixelImages,
     ) -> Prediction:
         classes = model.classes
         threshold = model.threshold if len(classes) == 2 else None
         label = decided_class(probs, classes, threshold)
-        flagged, ood_score, reason = self.out_of_distribution(image.pixels)
+        fields = self.lung_fields(images)
+        flagged, ood_score, reason = self.out_of_distribution(image.pixels, fields)
         # the one place that decides whether an answer is withheld; everything else reads the field
         withheld = flagged is True
         result = Prediction(
@@ -262,11 +286,13 @@ class Predictor:
             warnings=([reason] if withheld else []) + list(image.warnings),
             ood=flagged,
             ood_score=ood_score,
+            lungs_found=None if fields is None else fields.plausible,
+            lung_box=fields.box.to_list() if fields is not None and fields.plausible else None,
         )
         if with_subtype and label == "PNEUMONIA":  # computed when withheld too, shown only as model output
             subtype_id = self.subtype_model_id()
             if subtype_id:
-                sub, sub_model = self.probabilities(image.pixels, subtype_id)
+                sub, sub_model = self.probabilities(image.pixels, subtype_id, images)
                 result.subtype = {c: float(p) for c, p in zip(sub_model.classes, sub)}
         return result
 
@@ -285,9 +311,13 @@ class Predictor:
             return None
 
     @torch.inference_mode()
-    def out_of_distribution(self, pixels: np.ndarray) -> tuple[bool | None, float | None, str | None]:
-        """(flagged, autoencoder score, reason): reconstruction error or image statistics out of range.
+    def out_of_distribution(
+        self, pixels: np.ndarray, fields: lungs.LungFields | None = None
+    ) -> tuple[bool | None, float | None, str | None]:
+        """(flagged, autoencoder score, reason): reconstruction error, image statistics or lungs out of range.
 
+        Three signals: the autoencoder's reconstruction error, the image statistics, and (when a lung
+        model is installed: `fields`, found here when not given) whether plausible lungs were found.
         The reason is one sentence for a clinician, with each signal that fired against its threshold.
         """
         ae = self.autoencoder()
@@ -306,6 +336,10 @@ class Predictor:
             distance = statistics_distance(square if same_size else pixels, statistics)
             if distance > statistics["threshold"]:
                 reasons.append(f"image statistics {distance:.1f} > threshold {statistics['threshold']:.1f}")
+        if fields is None and lungs.installed():
+            fields = lungs.find_lungs(pixels)
+        if fields is not None and not fields.plausible:
+            reasons.append(f"no plausible lungs found: {fields.reason}")
         if not reasons:
             return False, score, None
         return True, score, f"{NOT_ASSESSED}: {OOD_REASON} ({'; '.join(reasons)})."

@@ -35,7 +35,7 @@ class ServedClassifier(LoadedModel):
 
     def probabilities(self, images: Images) -> np.ndarray:
         """Calibrated class probabilities (N, C)."""
-        pixels = images.at(self.preprocessing.input_size)
+        pixels = images.at(self.preprocessing)
         logits = predict_logits(self.module, pixels, self.preprocessing, precision=self.precision).numpy()
         return apply_temperature(logits, self.temperature)
 
@@ -57,7 +57,7 @@ class ServedKnn(LoadedModel):
 
     def probabilities(self, images: Images) -> np.ndarray:
         backbone = self.backbone
-        queries = embeddings(backbone.module, images.at(backbone.preprocessing.input_size), backbone.preprocessing)
+        queries = embeddings(backbone.module, images.at(backbone.preprocessing), backbone.preprocessing)
         return memory_probabilities(self, queries)
 
     def explained_network(self) -> ServedClassifier:

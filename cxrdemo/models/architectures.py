@@ -222,8 +222,16 @@ def _init_like_torchvision(modules: list[nn.Module], linear_std: float | None = 
 
 
 def _resnet(
-    arch: str, block: type[ResNetBasicBlock | ResNetBottleneck], depths: tuple[int, ...], num_classes: int
+    arch: str,
+    block: type[ResNetBasicBlock | ResNetBottleneck],
+    depths: tuple[int, ...],
+    num_classes: int,
+    *,
+    zero_init_residual: bool = False,
 ) -> Classifier:
+    """`zero_init_residual`: each block's last batch norm starts at zero, so every residual block is the
+    identity at initialisation (Goyal et al. 2017, torchvision's `zero_init_residual`); only without
+    ImageNet weights, which it would overwrite."""
     rgb_stem, bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
     stem = [rgb_stem, bn1, nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
     stages, c_in = [], 64
@@ -243,6 +251,11 @@ def _resnet(
     if state is not None:
         trunk.load_state_dict(_trunk_state(state, ["conv1", "bn1", None, None, "layer1", "layer2", "layer3", "layer4"]))
     trunk[0] = _one_channel_conv(rgb_stem, state["conv1.weight"] if state else None)
+    if zero_init_residual and state is None:
+        last_norm = "bn3" if block is ResNetBottleneck else "bn2"
+        for module in trunk.modules():
+            if isinstance(module, block):
+                nn.init.zeros_(getattr(module, last_norm).weight)
     model = Classifier(trunk, c_in, num_classes, dropout=0.2)
     model.pretrained = state is not None
     return model
@@ -266,7 +279,9 @@ def resnet18(num_classes: int) -> Classifier:
 
 @register_model("resnet50")
 def resnet50(num_classes: int) -> Classifier:
-    return _resnet("resnet50", ResNetBottleneck, (3, 4, 6, 3), num_classes)
+    # zero-initialised residuals: the 2026-12-05 run (random init) collapsed to validation AUROC 0.55-0.67
+    # at its peak learning rate (docs/DECISIONS.md, 2026-12-06)
+    return _resnet("resnet50", ResNetBottleneck, (3, 4, 6, 3), num_classes, zero_init_residual=True)
 
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")

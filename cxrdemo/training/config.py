@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from cxrdemo.imaging.augment import AugmentConfig
+from cxrdemo.imaging.preprocess import Preprocessing, lung_crop_spec
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class TrainConfig:
     val_fraction: float = 0.15
     subset: int | None = None  # train on a stratified subset of N training images (smoke runs)
     input_size: int = 224
+    # squash (whole image) | lung_crop (the lungs' box plus a margin: no frame shortcut, docs/DECISIONS.md)
+    resize: str = "squash"
     device: str = "auto"  # auto | cuda | cpu
     precision: str = "auto"  # auto (bf16 where native: CUDA, or a CPU with AVX512-BF16/AMX) | bf16 | fp32
     channels_last: bool = True
@@ -43,6 +46,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def preprocessing(self) -> Preprocessing:
+        """How this run's images become model input (the autoencoder always sees the whole image)."""
+        if self.resize == "lung_crop" and self.arch != "autoencoder":
+            return lung_crop_spec(self.input_size)
+        return Preprocessing(input_size=self.input_size)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

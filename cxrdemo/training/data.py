@@ -38,7 +38,7 @@ def prepare_data(cfg: TrainConfig, device: torch.device) -> PreparedData:
     )
     sides = []
     for part in (train_frame, val_frame):
-        pixels = load_pixels(dataset, part, cfg.input_size).to(device)
+        pixels = load_pixels(dataset, part, cfg.preprocessing()).to(device)
         targets = torch.from_numpy(dataset.targets(part, task)).to(device)
         sides.append(SplitData(part, pixels, targets))
     return PreparedData(dataset, *sides)

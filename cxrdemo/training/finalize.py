@@ -19,7 +19,7 @@ from cxrdemo.card import ModelCard
 from cxrdemo.data.tensor_cache import load_pixels
 from cxrdemo.evaluation.calibration import apply_temperature, choose_thresholds, fit_temperature
 from cxrdemo.evaluation.metrics import report
-from cxrdemo.imaging.preprocess import Preprocessing
+from cxrdemo.imaging import lungs
 from cxrdemo.inference.forward import predict_logits
 from cxrdemo.models.registry import write_model
 from cxrdemo.precision import fastest_inference_precision
@@ -82,14 +82,14 @@ def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 
     model_id = model_id or default_model_id(cfg.arch, cfg.task)
     task = get_task(cfg.task)
     classes = list(task.classes)
-    spec = Preprocessing(input_size=cfg.input_size)
+    spec = cfg.preprocessing()
     dataset = result.data.dataset
     device = result.data.train.pixels.device
     # every stored figure is computed at the precision the model will be served in
     inference_precision = fastest_inference_precision(result.model, cfg.input_size, device)
     logits_by_split: dict[str, tuple[pd.DataFrame, np.ndarray, np.ndarray]] = {}
     for split, frame in evaluation_frames(result).items():
-        pixels = result.data.val.pixels if split == "val" else load_pixels(dataset, frame, cfg.input_size).to(device)
+        pixels = result.data.val.pixels if split == "val" else load_pixels(dataset, frame, spec).to(device)
         logits = predict_logits(result.model, pixels, spec, precision=inference_precision).numpy()
         logits_by_split[split] = (frame, dataset.targets(frame, task), logits)
 
@@ -130,6 +130,8 @@ def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 
             "torch": torch.__version__,
             "host": platform.node() or "unknown",
             "imagenet_init": bool(getattr(result.model, "pretrained", False)),
+            # the lung model whose boxes cut this model's inputs (a new one changes every crop)
+            **({"lung_model": lungs.weights_digest()} if spec.resize == "lung_crop" else {}),
         },
         data=data_summary(result),
         extra={

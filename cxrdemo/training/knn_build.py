@@ -33,10 +33,10 @@ def build_knn(
     task = get_task(backbone.card["task"])
     dataset = load_dataset(data)
     train_side, val_side = card_validation_split(dataset, backbone.card)
-    size = backbone.preprocessing.input_size
+    spec = backbone.preprocessing
     backbone.module.to(device)
     embed = {
-        name: embed_pixels(backbone, load_pixels(dataset, frame, size).to(device))
+        name: embed_pixels(backbone, load_pixels(dataset, frame, spec).to(device))
         for name, frame in (("train", train_side), ("val", val_side), ("test", dataset.split("test")))
     }
     y = {

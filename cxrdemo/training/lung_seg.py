@@ -121,7 +121,7 @@ def full_size_dice(probs: np.ndarray, frame: pd.DataFrame, masks_root: Path) -> 
     scores = []
     for prob, mask_file in zip(probs, frame["mask"]):
         truth = np.asarray(Image.open(masks_root / mask_file).convert("L")) > 127
-        scores.append(dice(lungs.LungFields(prob, None, 0, 0).mask(*truth.shape), truth))
+        scores.append(dice(lungs.LungFields(prob, None, 0.0, 0.0).mask(*truth.shape), truth))
     return scores
 
 

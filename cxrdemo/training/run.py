@@ -17,7 +17,6 @@ import torch.distributed as dist
 from torch import nn
 
 from cxrdemo.fileio import atomic_write_json
-from cxrdemo.imaging.preprocess import Preprocessing
 from cxrdemo.models.architectures import create_model
 from cxrdemo.precision import resolve_precision, to_channels_last
 from cxrdemo.runlog import RunLog, read_metrics, rewrite_metrics
@@ -54,7 +53,7 @@ def _distributed() -> tuple[int, int]:
 def build_context(cfg: TrainConfig, data: PreparedData, device: torch.device, rank: int, world: int) -> FitContext:
     """Model, objective, optimizer and EMA for `cfg` (fresh weights; a checkpoint is loaded over them)."""
     precision = resolve_precision(cfg.precision, device)
-    spec = Preprocessing(input_size=cfg.input_size)
+    spec = cfg.preprocessing()
     if cfg.arch == "autoencoder":
         model = create_model("autoencoder").to(device)
         objective = ReconstructionObjective()
