@@ -71,9 +71,9 @@ def dicom_twin(pixels: np.ndarray) -> bytes:
     """A film as an 8-bit MONOCHROME2 DICOM without a window, the RSNA challenge's format."""
     from io import BytesIO
 
+    from pydicom import Dataset, FileDataset
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-    from pydicom import Dataset, FileDataset
 
     meta = FileMetaDataset()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -106,8 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     val_fields = [lungs.judge(p) for p in probs]
     print("| validation images | n | Dice mean | median | 5th percentile | min |\n|---|---|---|---|---|---|")
     for name, part in (("full resolution", scores[~low]), ("224x224 copies", scores[low]), ("all", scores)):
-        print(f"| {name} | {len(part)} | {part.mean():.4f} | {np.median(part):.4f} | "
-              f"{np.quantile(part, 0.05):.4f} | {part.min():.4f} |")
+        print(
+            f"| {name} | {len(part)} | {part.mean():.4f} | {np.median(part):.4f} | "
+            f"{np.quantile(part, 0.05):.4f} | {part.min():.4f} |"
+        )
 
     test = dataset.split("test")
     test_fields = lungs.find_lungs_batch([load_image_file(dataset.absolute(p)).pixels for p in test["path"]], model)
@@ -118,12 +120,20 @@ def main(argv: list[str] | None = None) -> None:
         except ImageLoadError:
             continue
     corpus_fields = lungs.find_lungs_batch([p for _, p in corpus], model)
-    print("\n| images | n | plausible lungs | area q0 q1 q5 q50 q95 q100 | confidence | balance |\n|---|---|---|---|---|---|")
-    for name, found in (("validation (train side)", val_fields), ("test films", test_fields),
-                        ("not chest X-rays", corpus_fields)):
+    print(
+        "\n| images | n | plausible lungs | area q0 q1 q5 q50 q95 q100 | confidence | balance |"
+        "\n|---|---|---|---|---|---|"
+    )
+    for name, found in (
+        ("validation (train side)", val_fields),
+        ("test films", test_fields),
+        ("not chest X-rays", corpus_fields),
+    ):
         area, conf, bal = zip(*[features(f) for f in found])
-        print(f"| {name} | {len(found)} | {np.mean([f.plausible for f in found]):.1%} | {quantiles(area)} | "
-              f"{quantiles(conf)} | {quantiles(bal)} |")
+        print(
+            f"| {name} | {len(found)} | {np.mean([f.plausible for f in found]):.1%} | {quantiles(area)} | "
+            f"{quantiles(conf)} | {quantiles(bal)} |"
+        )
     missed = [name for (name, _), f in zip(corpus, corpus_fields) if f.plausible]
     print(f"\nnon-chest-X-rays with 'plausible lungs': {', '.join(missed) or 'none'}")
 

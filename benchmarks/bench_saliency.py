@@ -1,14 +1,17 @@
 """Saliency quality per model and CAM method: ROAD faithfulness, heatmap mass on the lungs and on the border.
 
     python -m benchmarks.bench_saliency [--n 24] [--models ID ...] [--methods NAME ...] [--data DIR]
-                                        [--threads 1] [--json [OUT]]
+                                        [--masks DIR] [--threads 1] [--json [OUT]]
 
 Images: N validation images per model (balanced NORMAL/PNEUMONIA), carved from the train split with the
 model card's `training.val_fraction` and `training.seed` (`cxrdemo.data.dataset.patient_split`), never the test
 split: this benchmark is for choosing a CAM method. Heatmaps come from `cxrdemo.inference.explain.explain`, the
 app's own path, for the predicted class; the measures are in `cxrdemo.evaluation.saliency` (its docstring explains
-ROAD, the lung-region estimate and its limitations). Defaults: every installed classifier, every method
-explain offers, the data in `--data`, CXRDEMO_DATA, ../shared/data/chest_xray, else the bundled sample.
+ROAD, the lung masks and the heuristic lung-region estimate). Lungs: the image's manual lung mask (`--masks`,
+default `lung_masks` beside the data folder, else ../shared/data/lung_masks; matched by image path, resized
+with the image) where it has one, the heuristic ellipse mask for the rest ("manual masks" counts them).
+Defaults: every installed classifier, every method explain offers, the data in `--data`, CXRDEMO_DATA,
+../shared/data/chest_xray, else the bundled sample.
 
 Columns: ROAD combined (mean ± sd over images; softmax probability, higher is more faithful, ~0 for a
 random map), the library's cam x image confidence change (mean), lung-mass share (mean) next to the
@@ -39,12 +42,13 @@ from cxrdemo.evaluation.saliency import (
     DEFAULT_JSON,
     ROAD_PERCENTILES,
     UNIFORM_BORDER_SHARE,
+    RealLungMasks,
     border_share,
     cam_at_input,
     cam_grid,
     cam_mult_change,
     is_empty,
-    lung_mask,
+    lung_masks,
     mass_inside,
     road_combined,
     validation_sample,
@@ -80,10 +84,24 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def default_masks(data: Path) -> Path | None:
+    """`lung_masks` beside the data folder, else the shared copy; None when neither exists."""
+    for candidate in (data.parent / "lung_masks", SHARED_DATA.parent / "lung_masks"):
+        if (candidate / "manifest.csv").is_file():
+            return candidate
+    return None
+
+
 def measure(
-    model_id: str, dataset, n: int, methods: list[str], seed: int, percentiles: tuple[int, ...] = ROAD_PERCENTILES
+    model_id: str,
+    dataset,
+    n: int,
+    methods: list[str],
+    seed: int,
+    percentiles: tuple[int, ...] = ROAD_PERCENTILES,
+    real_masks: RealLungMasks | None = None,
 ) -> list[dict]:
-    """One row per method for `model_id` on its N validation images."""
+    """One row per method for `model_id` on its N validation images (lungs: manual masks where they exist)."""
     model = load_model(model_id)
     module, spec = model.module, model.preprocessing
     training = model.card.get("training", {})
@@ -92,7 +110,7 @@ def measure(
     )
     rows = validation_sample(val, n, seed=seed)
     images = [load_image_file(dataset.absolute(p)).pixels for p in rows["path"]]
-    masks = [lung_mask(px) for px in images]
+    masks, mask_sources = lung_masks(list(rows["path"]), images, real_masks)
     x = torch.cat([to_input(px, spec) for px in images])
     grid = cam_grid(module, spec.input_size)
     lung_area = float(np.mean([m.mean() for m in masks]))
@@ -129,6 +147,7 @@ def measure(
                 "cam_mult_change_mean": _mean_sd([m for m, f in zip(mult, flat) if not f])[0],
                 "lung_mass_share": _mean_sd(lung)[0],
                 "lung_area_share": lung_area,
+                "lung_masks_real": mask_sources.count("real"),  # the rest: the heuristic ellipse mask
                 "border_share": _mean_sd(border)[0],
                 "border_area_share": UNIFORM_BORDER_SHARE,
                 "ms_per_heatmap": statistics.median(seconds) * 1000,
@@ -142,9 +161,9 @@ def measure(
 def print_table(rows: list[dict], command: str) -> None:
     print(
         "| model | input px | CAM grid | method | n (flat) | ROAD combined | cam×image Δp | lung mass "
-        "| lung area | border mass | ms/heatmap |"
+        "| lung area | manual masks | border mass | ms/heatmap |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mean, sd = r["road_combined_mean"], r["road_combined_sd"]
         road = "–" if mean is None else f"{mean:+.3f} ± {sd:.3f}"
@@ -152,11 +171,13 @@ def print_table(rows: list[dict], command: str) -> None:
             f"| {r['model']} | {r['input_px']} | {r['cam_grid'][0]}×{r['cam_grid'][1]} | {r['method']} "
             f"| {r['n']} ({r['n_flat']}) | {road} | {_fmt(r['cam_mult_change_mean'])} "
             f"| {_fmt(r['lung_mass_share'], 2)} "
-            f"| {r['lung_area_share']:.2f} | {_fmt(r['border_share'], 2)} | {r['ms_per_heatmap']:.0f} |"
+            f"| {r['lung_area_share']:.2f} | {r.get('lung_masks_real', 0)}/{r['n']} "
+            f"| {_fmt(r['border_share'], 2)} | {r['ms_per_heatmap']:.0f} |"
         )
     print(
         f"\n`{command}`; border band = outer {BORDER_FRACTION:.0%} "
-        f"(a uniform map puts {UNIFORM_BORDER_SHARE:.2f} there)"
+        f"(a uniform map puts {UNIFORM_BORDER_SHARE:.2f} there); lung mass and area on the manual lung mask "
+        "for 'manual masks' of the images, on the heuristic ellipse mask for the rest"
     )
 
 
@@ -175,6 +196,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--models", nargs="+", help="model ids (default: every installed classifier)")
     parser.add_argument("--methods", nargs="+", choices=list(CAM_METHODS), help="default: all of them")
     parser.add_argument("--data", help="dataset folder (default: CXRDEMO_DATA, ../shared/data/chest_xray, sample)")
+    parser.add_argument(
+        "--masks", help="lung-mask folder with manifest.csv (default: lung_masks beside --data, else shared)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a busy machine)")
     parser.add_argument(
         "--road-percentiles",
@@ -194,15 +218,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     data = Path(args.data) if args.data else default_data()
     dataset = load_dataset(data)
+    masks = Path(args.masks) if args.masks else default_masks(data)
+    real_masks = RealLungMasks(masks) if masks is not None else None
     models = args.models or installed_classifiers()
     methods = args.methods or list(CAM_METHODS)
     command = "python -m benchmarks.bench_saliency " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, threads {args.threads}"
-    print(f"# {machine}; data {data}; {args.n} validation images per model")
+    lungs = masks or "none (heuristic only)"
+    print(f"# {machine}; data {data}; lung masks {lungs}; {args.n} validation images per model")
     rows = [
         row
         for model_id in models
-        for row in measure(model_id, dataset, args.n, methods, args.seed, tuple(args.road_percentiles))
+        for row in measure(
+            model_id, dataset, args.n, methods, args.seed, tuple(args.road_percentiles), real_masks=real_masks
+        )
     ]
     print_table(rows, command.strip())
     if args.json:
@@ -219,6 +248,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "date": date,
                 "machine": machine,
                 "data": str(data),
+                "lung_masks": None if masks is None else str(masks),
                 "split": "validation (carved from train per model card)",
                 "threads": args.threads,
                 "torch": torch.__version__,

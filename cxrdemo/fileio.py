@@ -34,3 +34,17 @@ def atomic_write_json(path: Path, value: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def read_benchmark_rows(path: Path, benchmark: str) -> dict | None:
+    """A benchmark's JSON result ({"rows": [...], ...}); None when it was never written.
+
+    Raises ValueError when the file exists but holds no rows (JSONDecodeError is one too), so a caller
+    can show it in one line.
+    """
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
+        raise ValueError(f"{path} holds no {benchmark} benchmark rows")
+    return results

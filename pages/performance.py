@@ -2,9 +2,11 @@
 
 Pick a model and a split; metrics with 95 % bootstrap intervals, the confusion matrix at a threshold
 you choose (binary models), ROC / PR / reliability curves, a comparison of all models, and the most
-confident mistakes with Grad-CAM on request; how faithful each CAM method's heatmaps are (the saliency
-benchmark, with live example overlays) and how the out-of-distribution check decides. All numbers come
-from `cxrdemo.evaluation.performance` and `cxrdemo.evaluation.saliency`.
+confident mistakes with Grad-CAM on request; whether each model reads the lungs or the frame (the
+frame probe, frame-balanced validation metrics and the heatmaps' share inside the lungs); how faithful
+each CAM method's heatmaps are (the saliency benchmark, with live example overlays) and how the
+out-of-distribution check decides. All numbers come from `cxrdemo.evaluation.performance`,
+`cxrdemo.evaluation.frame` and `cxrdemo.evaluation.saliency`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import streamlit as st
 from cxrdemo.app import charts
 from cxrdemo.app.ui import MODEL_KEY, page_frame
 from cxrdemo.data.dataset import Dataset, load_dataset
-from cxrdemo.evaluation import explore, performance, saliency
+from cxrdemo.evaluation import explore, frame, performance, saliency
 from cxrdemo.inference.explain import CAM_METHODS
 from cxrdemo.paths import SAMPLE_DIR, data_dir
 
@@ -204,14 +206,25 @@ def gallery_ui(pred, model_id: str, split: str, threshold: float | None, card: d
         st.dataframe(mistakes.drop(columns=["predicted_index"]), hide_index=True, width="stretch")
 
 
-def saliency_table_ui() -> None:
+def _benchmark_results(load, what: str, missing: str) -> dict | None:
+    """A benchmark's results, or None after telling the user in one line why there are none."""
     try:
-        results = saliency.load_results()
+        results = load()
     except ValueError as err:
-        st.warning(f"Cannot read the saliency benchmark results: {err}")
-        return
+        st.warning(f"Cannot read the {what}: {err}")
+        return None
     if results is None:
-        st.info("No saliency benchmark results yet: run `python -m benchmarks.bench_saliency --json`.")
+        st.info(missing)
+    return results
+
+
+def saliency_table_ui() -> None:
+    results = _benchmark_results(
+        saliency.load_results,
+        "saliency benchmark results",
+        "No saliency benchmark results yet: run `python -m benchmarks.bench_saliency --json`.",
+    )
+    if results is None:
         return
     number = {"ROAD": "%+.3f", "ROAD sd": "%.3f", "Lung share": "%.2f", "Lung area": "%.2f"}
     number |= {"Border share": "%.2f", "ms / heatmap": "%.0f"}
@@ -272,6 +285,109 @@ def saliency_examples_ui(pred) -> None:
                 st.warning(f"{path}: {err}")
                 continue
             st.image(overlay, caption=caption, width="stretch")
+
+
+def _column_config(columns: list[str], meanings: dict[str, tuple[str, str]], formats: dict[str, str]) -> dict:
+    return {
+        c: st.column_config.NumberColumn(c, help=meanings[c][1], format=formats[c])
+        if c in formats
+        else st.column_config.Column(c, help=meanings[c][1])
+        for c in columns
+    }
+
+
+FRAME_FORMATS = {"n": "%d", "Flips width %": "%.1f", "Flips height %": "%.1f"}
+FRAME_FORMATS |= {"Mean ΔP width": "%+.3f", "Mean ΔP height": "%+.3f", "Balanced n": "%d"}
+FRAME_FORMATS |= {c: "%.3f" for c in ("AUROC", "Accuracy", "Specificity")}
+FRAME_FORMATS |= {f"Balanced {c}": "%.3f" for c in ("AUROC", "accuracy", "specificity")}
+
+
+def frame_probe_ui(pred) -> None:
+    results = _benchmark_results(
+        frame.load_results,
+        "frame probe results",
+        "No frame probe results yet: run `python -m benchmarks.bench_frame --data ../shared/data/chest_xray`.",
+    )
+    if results is None:
+        return
+    target = 100 * frame.MAX_FLIP_SHARE
+    st.plotly_chart(charts.frame_flips_figure(frame.flips_long(results), target), key="chart_frame_flips")
+    table = frame.results_table(results)
+    st.dataframe(
+        table[frame.PROBE_COLUMNS],
+        hide_index=True,
+        width="stretch",
+        key="frame_probe_table",
+        column_config=_column_config(frame.PROBE_COLUMNS, frame.RESULT_COLUMNS, FRAME_FORMATS),
+    )
+    passed = frame.passing(results)
+    meets = [m for m, ok in passed.items() if ok]
+    when = results.get("date", "on an unrecorded date")
+    machine = results.get("machine", "an unrecorded machine")
+    st.caption(
+        f"Meet the target (≤ {target:g} % flips for both cuts, all validation images): "
+        + (", ".join(meets) if meets else "none of the measured models")
+        + f". Measured {when} on {machine} with `{results['command']}`, on {results.get('split', 'validation images')}."
+    )
+    st.markdown(
+        "**Frame-balanced validation.** The validation images whose original size is known, weighted so that "
+        "the original aspect ratio (width / height) has the same distribution in both classes: what is left "
+        "for a model to score on is the film, not its shape. Aspect-ratio bins that hold too few images of a "
+        "class (no normal film is as wide as the widest pneumonia films) weigh nothing; 'Balanced n' counts "
+        "the images that take part."
+    )
+    st.dataframe(
+        table[frame.METRIC_COLUMNS],
+        hide_index=True,
+        width="stretch",
+        key="frame_metrics_table",
+        column_config=_column_config(frame.METRIC_COLUMNS, frame.RESULT_COLUMNS, FRAME_FORMATS),
+    )
+    coverage = frame.coverage(results, pred.cards(), pred.model_ids(task=None))
+    if coverage["missing"]:
+        st.caption(f"Not in the frame probe: {', '.join(coverage['missing'])}.")
+    if coverage["stale"]:
+        st.caption(f"Frame probe measured on earlier weights (retrained since): {', '.join(coverage['stale'])}.")
+
+
+def lung_share_ui() -> None:
+    results = _benchmark_results(
+        saliency.load_results,
+        "saliency benchmark results",
+        "No lung shares yet: run `python -m benchmarks.bench_saliency --json`.",
+    )
+    if results is None:
+        return
+    shares, uniform = saliency.lung_share_long(results)
+    if shares.empty:
+        st.info("The saliency benchmark results hold no lung shares.")
+        return
+    st.plotly_chart(charts.lung_share_figure(shares, uniform or 0.0), key="chart_lung_share")
+    manual = shares["manual masks"].dropna()
+    masks = (
+        f"{int(manual.sum())} of {int(shares.loc[manual.index, 'images'].sum())} heatmaps scored on manual lung masks, "
+        "the rest on the heuristic ellipse mask"
+        if len(manual)
+        else "all on the heuristic ellipse mask: measured before the manual lung masks were used"
+    )
+    st.caption(
+        f"Share of each heatmap's mass inside the lungs; {masks}. A uniform map would put "
+        f"{uniform or 0.0:.2f} there. Measured {results.get('date', 'on an unrecorded date')} with "
+        f"`{results['command']}`."
+    )
+
+
+def lungs_section_ui(pred) -> None:
+    st.markdown(
+        "The training films carry a shortcut: pneumonia films are wider, so the frame's aspect ratio alone "
+        "separates the classes (AUROC 0.873 on the full-resolution training images), and the validation set "
+        "carved from train carries the same cue. A model that reads the lungs barely changes its verdict when "
+        f"{frame.CROP_FRACTION:.0%} of the frame is cut off each side; **the target is at most "
+        f"{frame.MAX_FLIP_SHARE:.0%} flipped verdicts for each cut**, on validation images, through the same "
+        "path an upload takes."
+    )
+    frame_probe_ui(pred)
+    lung_share_ui()
 
 
 def ood_ui() -> None:
@@ -354,6 +470,8 @@ st.subheader("All models")
 comparison_ui(cards, split)
 st.subheader("Misclassified images")
 gallery_ui(pred, model_id, split, threshold, card, stamp)
+st.subheader("Does the model read the lungs?")
+lungs_section_ui(pred)
 st.subheader("Saliency")
 st.markdown(
     "Which heatmap to believe: each CAM method of each installed classifier, measured on validation images "

@@ -3,6 +3,7 @@
 `bad_input_corpus(xray)` returns files a user could plausibly upload: every format and mode we
 decode, damaged and disguised files, decompression bombs, and DICOMs in the variants clinics send.
 `dicom_bytes(...)` writes a real Part 10 DICOM with pydicom, so tests can check pixel maths exactly.
+`film_twins(pixels)` wraps one film as the files a PACS export or an imaging tool makes of it.
 """
 
 from __future__ import annotations
@@ -111,6 +112,42 @@ def dicom_bytes(
     return data if preamble else data[132:]  # without preamble: starts at the file meta group
 
 
+# The twins `film_twins` makes, file name -> what the reader must say in metadata["window"]
+TWIN_WINDOWS = {
+    "cr_8bit_no_window.dcm": "stored range 0 to 255 (8 bits)",
+    "cr_12bit_window.dcm": "center 2048, width 4096",
+    "cr_12bit_monochrome1_window.dcm": "center 2048, width 4096",
+    "cr_12bit_no_window.dcm": "stored range 0 to 4095 (12 bits)",
+    "film_16bit.png": "stored range 0 to 65535 (16 bits)",
+}
+
+
+def film_twins(pixels: np.ndarray) -> dict[str, bytes]:
+    """One 8-bit film (HxW uint8) as the files a PACS export or an imaging tool makes of it (issue 24).
+
+    CR, explicit VR little endian, keyed by the names in TWIN_WINDOWS: 8-bit MONOCHROME2 without a window
+    (as the RSNA challenge's DICOMs), 12-bit with a window spanning 0..4095 as MONOCHROME2 and as
+    MONOCHROME1, 12-bit without a window (values filling 0..4095 when the film fills 0..255), and a 16-bit
+    PNG holding the pixels times 257. Each one holds the film's own pixels, so it must decode to them.
+    """
+    twelve = _to_twelve_bit(pixels)
+    full_range = (2048.0, 4096.0)  # PS3.3 C.11.2.1.2.1: maps 0 -> 0 and 4095 -> the top, exactly
+
+    def cr(stored: np.ndarray, **options) -> bytes:
+        return dicom_bytes(stored, modality="CR", **options)
+
+    twins = {
+        "cr_8bit_no_window.dcm": cr(pixels),
+        "cr_12bit_window.dcm": cr(twelve, bits_stored=12, window=full_range),
+        "cr_12bit_monochrome1_window.dcm": cr(
+            4095 - twelve, bits_stored=12, window=full_range, photometric="MONOCHROME1"
+        ),
+        "cr_12bit_no_window.dcm": cr(twelve, bits_stored=12),
+        "film_16bit.png": _save(Image.fromarray(pixels.astype(np.uint16) * 257), "PNG"),
+    }
+    return twins
+
+
 def bad_input_corpus(xray: bytes) -> list[CorpusFile]:
     """Every odd upload we know of, with whether it must load and what it must say."""
     return _unreadable(xray) + _readable_pictures(xray) + _readable_dicoms(xray)
@@ -159,7 +196,8 @@ def _readable_pictures(xray: bytes) -> list[CorpusFile]:
     inverted = Image.fromarray(255 - arr)
     files = {
         "xray.png": (_save(gray, "PNG"), None),
-        "xray_16bit.png": (_save(Image.fromarray(_twelve_bit(xray)), "PNG"), None),
+        # 12-bit values in a 16-bit range: the one case the automatic window is for (docs/RELIABILITY.md)
+        "xray_16bit.png": (_save(Image.fromarray(_twelve_bit(xray)), "PNG"), "pixel values use only"),
         "xray_rgba.png": (_save(Image.fromarray(np.dstack([arr, arr, arr, alpha])), "PNG"), "transparent"),
         "xray_la.png": (_save(Image.fromarray(np.dstack([arr, alpha])), "PNG"), "transparent"),
         "xray_palette.png": (_save(gray.convert("P"), "PNG"), None),
@@ -213,7 +251,12 @@ def _readable_dicoms(xray: bytes) -> list[CorpusFile]:
 
 def _twelve_bit(xray: bytes) -> np.ndarray:
     """The X-ray spread over 0..4095, as a 12-bit detector would store it."""
-    arr = np.asarray(Image.open(BytesIO(xray)).convert("L")).astype(np.uint16)
+    return _to_twelve_bit(np.asarray(Image.open(BytesIO(xray)).convert("L")))
+
+
+def _to_twelve_bit(pixels: np.ndarray) -> np.ndarray:
+    """0..255 -> 0..4095 by bit replication (v * 4095 / 255 to within 0.06, so it rounds back to v)."""
+    arr = pixels.astype(np.uint16)
     return (arr << 4) | (arr >> 4)
 
 

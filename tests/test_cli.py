@@ -170,6 +170,12 @@ def test_models_json_lists_the_installed_models(cli_env: dict):
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     cards = list_cards(Path(cli_env["CXRDEMO_WEIGHTS"]))
+    # the lung segmenter comes last, with its card's data source, licence, Dice and CPU time
+    segmenter = rows.pop()
+    assert segmenter["id"] == "lung-unet" and segmenter["kind"] == "segmenter"
+    assert "CC BY 4.0" in segmenter["licence"] and "v7labs" in segmenter["data_source"]
+    assert segmenter["dice_full_resolution"] >= 0.95 and segmenter["dice_224_copies"] >= 0.95
+    assert 0 < segmenter["cpu_ms_per_image"] < 100
     assert [row["id"] for row in rows] == list(cards)
     assert rows, "no models installed"
     for row in rows:

@@ -241,13 +241,13 @@ def test_missing_rescale_tags_mean_identity() -> None:
     np.testing.assert_array_equal(plain, identity)
 
 
-def test_dicom_without_window_uses_percentiles() -> None:
-    stored = _ramp(0, 4095, np.uint16)
+def test_dicom_without_window_is_shown_over_its_stored_range() -> None:
+    """No window: BitsStored sets the range (docs/RELIABILITY.md); values that fill it are not stretched."""
+    stored = _ramp(100, 4000, np.uint16)
     image = load_image(dicom_bytes(stored, bits_stored=12), "auto.dcm")
-    assert image.metadata["window"].startswith("automatic")
-    low, high = np.percentile(stored, [0.5, 99.5])
-    expected = np.clip((stored - low) / (high - low), 0, 1) * 255
-    assert np.abs(image.pixels - expected).max() <= 1.0
+    assert image.metadata["window"] == "stored range 0 to 4095 (12 bits)"
+    assert np.abs(image.pixels - stored / 4095 * 255).max() <= 0.5 + 1e-9
+    assert image.pixels.min() > 0 and image.pixels.max() < 255  # no percentile stretch to the ends
 
 
 def test_multiframe_dicom_shows_the_first_frame() -> None:

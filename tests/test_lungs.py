@@ -89,8 +89,10 @@ def test_squashed_copy_gives_nearly_the_same_input(sample_dir: Path):
         correlations.append(np.corrcoef(full.ravel(), small.ravel())[0, 1])
         # the whole-film squash of the original is what the copy already is; the crops must be as close
         squash_gaps.append(np.abs(squashed_copy(pixels).astype(float) - model_square(pixels, SPEC)).mean())
-    print(f"correlation min {min(correlations):.3f} median {np.median(correlations):.3f}; "
-          f"mean |difference| median {np.median(crop_gaps):.2f}")
+    print(
+        f"correlation min {min(correlations):.3f} median {np.median(correlations):.3f}; "
+        f"mean |difference| median {np.median(crop_gaps):.2f}"
+    )
     assert min(correlations) > 0.93 and np.median(correlations) > 0.98
     assert np.median(crop_gaps) < 5.0  # grey levels of 255
     assert np.median(crop_gaps) < np.median(squash_gaps)  # and closer than an uncropped input would be

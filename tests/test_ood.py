@@ -23,9 +23,13 @@ from tests.corpus import dicom_bytes
 SAMPLE_FILM = sorted((Path(__file__).parents[1] / "data" / "sample").glob("*/NORMAL/*.jpeg"))[0]
 
 # the signal that fired, its value and its threshold, in the reason's parentheses
+SIGNAL = (
+    r"((autoencoder reconstruction error|image statistics) [0-9.]+ > threshold [0-9.]+"
+    r"|no plausible lungs found: [^;]+)"
+)
 REASON = re.compile(
     r"^Not assessed: this image does not look like the pediatric chest X-rays the models were trained on "
-    r"\(((autoencoder reconstruction error|image statistics) [0-9.]+ > threshold [0-9.]+(; )?)+\)\.$"
+    rf"\(({SIGNAL}; )*{SIGNAL}\)\.$"
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:A download failure occurred")

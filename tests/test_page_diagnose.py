@@ -385,9 +385,27 @@ def test_changing_cam_method_target_and_opacity(predictor: Predictor) -> None:
         assert not at.exception and not at.error
         captions = [c for img in at.image for c in img.captions if c]
         assert any(f"gradcam++ heatmap of {target}" in c for c in captions), captions
-    before = at.image[1].value
+
+    def heatmap_image():
+        return next(img.value for img in at.image if any("heatmap of" in (c or "") for c in img.captions))
+
+    before = heatmap_image()
     at.slider(key="cam_opacity").set_value(0.9).run()
-    assert not at.exception and at.image[1].value != before  # re-blended
+    assert not at.exception and heatmap_image() != before  # re-blended
+
+
+def test_lung_outline_crop_and_heatmap_lung_share(predictor: Predictor) -> None:
+    """The toggle (on by default) shows the outline and the model's input; the heatmap caption its lung share."""
+    path = _sample("PNEUMONIA")
+    at = _upload(_app(), (path.name, path.read_bytes(), "image/jpeg"))
+    assert not at.exception and at.toggle(key="show_lungs").value is True
+    captions = [c for img in at.image for c in img.captions if c]
+    assert any("Lung outline (green" in c for c in captions), captions
+    assert any(c.startswith(f"What {predictor.default_model_id()} saw:") for c in captions), captions
+    assert any("of the heatmap lies inside the lungs" in c for c in captions), captions
+    at.toggle(key="show_lungs").set_value(False).run()
+    captions = [c for img in at.image for c in img.captions if c]
+    assert not at.exception and not any("Lung outline" in c or " saw:" in c for c in captions)
 
 
 def test_report_download_buttons_exist(predictor: Predictor) -> None:

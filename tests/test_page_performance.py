@@ -13,7 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo.app.ui import MODEL_KEY
-from cxrdemo.evaluation import performance, saliency
+from cxrdemo.evaluation import frame, performance, saliency
 from cxrdemo.inference.predict import Predictor
 from cxrdemo.models.registry import list_cards
 from cxrdemo.paths import REPO_ROOT
@@ -169,6 +169,28 @@ def test_saliency_examples_render_for_the_active_model(sample_data: Path):
     assert not at.exception and len(saliency_overlays(at)) == 4
 
 
+def test_lungs_section_shows_the_frame_probe_and_lung_shares(sample_data: Path):
+    results = frame.load_results()
+    assert results is not None, "docs/frame.json is shipped: python -m benchmarks.bench_frame"
+    at = open_performance()
+    assert "Does the model read the lungs?" in [s.value for s in at.subheader]
+    assert any("shortcut" in m.value and "at most 2%" in m.value for m in at.markdown)
+    probe = table_with(at, frame.PROBE_COLUMNS)
+    measured = [(r["model"], r["subset"]) for r in results["rows"]]
+    assert list(zip(probe["Model"], probe["Images"])) == measured
+    assert probe["Flips width %"].tolist() == pytest.approx([100 * r["flips_width"] for r in results["rows"]])
+    metrics = table_with(at, frame.METRIC_COLUMNS)
+    assert metrics["Balanced AUROC"].tolist() == pytest.approx([r["balanced"]["auroc"] for r in results["rows"]])
+    installed = Predictor().model_ids(task=None)
+    assert {m for m, _ in measured} | set(installed) == {m for m, _ in measured}  # every installed model
+    titles = list(charts(at))
+    assert "Frame probe: validation verdicts that flip when the frame is cut" in titles
+    assert "Heatmap mass inside the lungs, per CAM method (validation)" in titles
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("Meet the target") and results["command"] in c for c in captions)
+    assert any(c.startswith("Share of each heatmap's mass inside the lungs") for c in captions)
+
+
 def test_ood_section_shows_the_installed_autoencoder_thresholds(sample_data: Path):
     card = list_cards().get("autoencoder")
     assert card is not None, "the autoencoder is shipped in weights/"
@@ -216,9 +238,13 @@ def test_without_benchmark_file_or_autoencoder(
     synthetic_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setattr(saliency, "DEFAULT_JSON", tmp_path / "never-written.json")
+    monkeypatch.setattr(frame, "DEFAULT_JSON", tmp_path / "never-written-frame.json")
     at = open_performance()
     infos = [i.value for i in at.info]
     assert any(i.startswith("No saliency benchmark results yet") for i in infos)
+    assert any(i.startswith("No frame probe results yet: run `python -m benchmarks.bench_frame") for i in infos)
+    assert any(i.startswith("No lung shares yet") for i in infos)
+    assert "Does the model read the lungs?" in [s.value for s in at.subheader]
     assert any(i.startswith("No autoencoder is installed") for i in infos)
     # the active model is the synthetic ensemble, whose member has no weights: one line, no overlays
     assert any(w.value.startswith("Cannot load ensemble for example heatmaps") for w in at.warning)

@@ -15,8 +15,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from cxrdemo.data.dataset import SPLITS, Dataset
-from cxrdemo.data.rsna import load_rsna
+from cxrdemo.data import rsna as rsna_format
+from cxrdemo.data.dataset import SPLITS, Dataset, load_dataset, load_rsna
 from cxrdemo.paths import REPO_ROOT
 from cxrdemo.tasks import get_task
 from tests.rsna_fixtures import LABEL_COLUMNS, chest_pixels, write_dicom, write_labels
@@ -171,16 +171,32 @@ def test_fractions_are_checked(rsna: dict) -> None:
         load_rsna(rsna["labels"], rsna["images"], val_fraction=0.5, test_fraction=0.5)
 
 
+def test_the_format_reader_leaves_the_split_to_dataset(rsna: dict) -> None:
+    """`rsna.read_manifest` knows the challenge's format only: every patient is in "train" until `load_rsna`."""
+    frame = rsna_format.read_manifest(rsna["labels"], rsna["images"])
+    assert set(frame["split"]) == {"train"} and frame.attrs["missing"] == [rsna["missing"]]
+    split = load_rsna(rsna["labels"], rsna["images"]).frame
+    pd.testing.assert_frame_equal(frame.drop(columns="split"), split.drop(columns="split"))
+
+
+def test_challenge_folders_are_found_in_both_layouts(rsna: dict, tmp_path: Path) -> None:
+    """DICOMs in `stage_2_train_images/` or beside the labels; a folder with a manifest is not RSNA."""
+    root = rsna["labels"].parent
+    assert rsna_format.find(root) == (rsna["labels"], rsna["images"])
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / rsna_format.LABELS).write_bytes(rsna["labels"].read_bytes())
+    for path in sorted(rsna["images"].glob("*.dcm"))[:12]:
+        (flat / path.name).write_bytes(path.read_bytes())
+    assert rsna_format.find(flat) == (flat / rsna_format.LABELS, flat)
+    loaded = load_dataset(flat)
+    assert len(loaded.frame) == 12 and loaded.root == flat.resolve()
+    (flat / "manifest.csv").write_text("path,split,label\n")
+    assert rsna_format.find(flat) is None
+
+
 def test_rsna_folder_trains_and_evaluates_from_the_command_line(rsna: dict, tmp_path: Path) -> None:
     """`--data` pointing at an RSNA folder: `train` decodes its DICOMs, `evaluate` scores its test patients."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from cxrdemo.data.dataset import load_dataset
-    from cxrdemo.paths import REPO_ROOT
-
     root = rsna["labels"].parent
     loaded = load_dataset(root)
     assert len(loaded.frame) == N_NORMAL + N_PNEUMONIA and set(loaded.frame["split"]) == set(SPLITS)

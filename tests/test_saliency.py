@@ -23,6 +23,7 @@ from cxrdemo.evaluation.saliency import (
     faithfulness,
     load_results,
     lung_mask,
+    lung_share_long,
     mass_inside,
     method_summary,
     results_table,
@@ -147,6 +148,11 @@ def test_benchmark_main_on_the_sample(benchmark_run: tuple[list[dict], str, Path
         assert math.isfinite(row[key]), key
     assert 0 <= row["lung_mass_share"] <= 1 and 0 <= row["border_share"] <= 1
     assert f"| {SMALL_MODEL} | {size} | {grid}×{grid} | gradcam | 2 ({row['n_flat']}) |" in printed
+    # the manual lung masks where the images have one (the shared copy, when present), the heuristic for the rest
+    assert 0 <= row["lung_masks_real"] <= row["n"]
+    assert f"| {row['lung_area_share']:.2f} | {row['lung_masks_real']}/2 |" in printed
+    if (bench_saliency.SHARED_DATA.parent / "lung_masks" / "manifest.csv").is_file():
+        assert row["lung_masks_real"] > 0
     written = json.loads(out.read_text())
     assert written["rows"] == json.loads(json.dumps(rows))
     assert written["command"].startswith("python -m benchmarks.bench_saliency --data")
@@ -165,6 +171,10 @@ def test_results_table_and_method_summary_from_a_real_benchmark_file(
         f"Saliency benchmark: ROAD {road:+.2f}, {lung:.0%} of the heatmap on the lung fields "
         f"(a uniform map: {area:.0%}) ({SMALL_MODEL}, 2 validation images)"
     )
+    assert table.loc[0, "Manual masks"] == row["lung_masks_real"]
+    shares, uniform = lung_share_long(load_results(out))
+    assert shares[["model", "method"]].values.tolist() == [[SMALL_MODEL, "gradcam"]]
+    assert shares.loc[0, "lung share"] == lung and uniform == pytest.approx(area)
     assert method_summary("gradcam", SMALL_MODEL, path=out) == expected
     assert method_summary("gradcam", path=out) == expected  # all models: here the one measured
     assert method_summary("scorecam", SMALL_MODEL, path=out) is None  # not measured

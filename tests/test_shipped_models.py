@@ -140,8 +140,10 @@ def test_models_command_lists_them(shipped: Path, cards: dict[str, dict]):
         [sys.executable, "-m", "cxrdemo", "models"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    rows = result.stdout.strip().splitlines()[1:]
+    table, _, segmenter = result.stdout.strip().partition("\n\n")  # the classifiers' table, then the lung model
+    rows = table.splitlines()[1:]
     assert [row.split()[0] for row in rows] == list(cards)
+    assert segmenter.startswith("lung-unet (lung fields") and "validation Dice" in segmenter
     for row, card in zip(rows, cards.values()):
         assert card.get("kind", "?") in row
         accuracy = card.get("metrics", {}).get("test", {}).get("accuracy", {}).get("value")

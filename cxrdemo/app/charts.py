@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 
 THRESHOLD_MARKER = {"size": 12, "symbol": "x", "color": "crimson"}
 DIAGONAL = {"dash": "dot", "color": "grey"}
+TARGET_LINE = {"dash": "dash", "color": "crimson"}
 
 
 # --- Model performance -----------------------------------------------------------------------------------
@@ -105,6 +106,42 @@ def comparison_figure(table: pd.DataFrame, split: str) -> go.Figure:
         range_y=[0, 1.05],
         title=f"All models on the {split} split (card metrics, 95 % CI)",
     )
+
+
+def frame_flips_figure(flips: pd.DataFrame, target_percent: float) -> go.Figure:
+    """Verdicts that flip under each frame crop, per model, full-resolution films and 224 copies apart
+    (`frame.flips_long`), with the target line."""
+    fig = px.bar(
+        flips,
+        x="model",
+        y="flips %",
+        color="crop",
+        barmode="group",
+        facet_col="subset",
+        title="Frame probe: validation verdicts that flip when the frame is cut",
+        labels={"flips %": "verdicts flipped (%)", "crop": "cut"},
+    )
+    fig.add_hline(y=target_percent, line=TARGET_LINE, annotation_text=f"target ≤ {target_percent:g} %")
+    fig.update_layout(height=420, legend={"orientation": "h", "y": -0.35})
+    return fig
+
+
+def lung_share_figure(shares: pd.DataFrame, uniform: float) -> go.Figure:
+    """Share of each CAM method's heatmap mass inside the lungs, per model (`saliency.lung_share_long`),
+    with what a uniform map would get."""
+    fig = px.bar(
+        shares,
+        x="method",
+        y="lung share",
+        color="model",
+        barmode="group",
+        range_y=[0, 1],
+        hover_data=["images", "manual masks"],
+        title="Heatmap mass inside the lungs, per CAM method (validation)",
+        labels={"method": "CAM method", "lung share": "share of heatmap mass in the lungs"},
+    )
+    fig.add_hline(y=uniform, line=TARGET_LINE, annotation_text=f"uniform map {uniform:.2f}")
+    return fig
 
 
 # --- Dataset explorer ------------------------------------------------------------------------------------

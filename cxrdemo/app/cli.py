@@ -221,10 +221,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         metrics = row["error"] or "  ".join(f"{k}={v}" for k, v in row["test"].items())
         print(f"{row['id']:<20}{row['kind'] or '?':<13}{row['task'] or '?':<9}{row['recipe']:<34}{metrics}")
     if segmenter:
-        print(f"\n{segmenter['id']} (lung fields, {segmenter['arch']}): validation Dice "
-              f"{segmenter['dice_full_resolution']} full-resolution / {segmenter['dice_224_copies']} 224x224 copies, "
-              f"{segmenter['cpu_ms_per_image']} ms per image on the CPU\n  data: {segmenter['data_source']}"
-              f"\n  licence: {segmenter['licence']}")
+        print(
+            f"\n{segmenter['id']} (lung fields, {segmenter['arch']}): validation Dice "
+            f"{segmenter['dice_full_resolution']} full-resolution / {segmenter['dice_224_copies']} 224x224 copies, "
+            f"{segmenter['cpu_ms_per_image']} ms per image on the CPU\n  data: {segmenter['data_source']}"
+            f"\n  licence: {segmenter['licence']}"
+        )
     return 0
 
 

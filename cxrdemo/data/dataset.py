@@ -1,8 +1,10 @@
-"""The Kermany pediatric chest X-ray folder: manifest, labels, patients and the validation split.
+"""Datasets as one type: the Kermany folder's manifest, RSNA folders, patients and the splits.
 
-Layout `{train,test,val}/{NORMAL,PNEUMONIA}/*.jpeg`. `manifest.csv` is used when present; otherwise the
-folder is walked and labels, subtypes and patient ids are read from the file names
-(`person123_bacteria_456.jpeg`, `IM-0001-0001.jpeg`, `NORMAL2-IM-0095-0001.jpeg`).
+Kermany layout `{train,test,val}/{NORMAL,PNEUMONIA}/*.jpeg`. `manifest.csv` is used when present; otherwise
+the folder is walked and labels, subtypes and patient ids are read from the file names
+(`person123_bacteria_456.jpeg`, `IM-0001-0001.jpeg`, `NORMAL2-IM-0095-0001.jpeg`). An RSNA challenge
+folder is read by `cxrdemo.data.rsna` (its format) and split here (`load_rsna`); rsna imports nothing of
+this module, so the two have no import circle.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrdemo.data import rsna
 from cxrdemo.paths import data_dir
 from cxrdemo.tasks import BINARY, NORMAL, PNEUMONIA, Task
 
@@ -96,10 +99,6 @@ class Dataset:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-RSNA_LABELS = "stage_2_train_labels.csv"  # an RSNA Pneumonia Detection Challenge folder (cxrdemo.data.rsna)
-RSNA_IMAGES = "stage_2_train_images"
-
-
 def load_dataset(root: str | Path | None = None) -> Dataset:
     """Read the dataset at `root` (default: `CXRDEMO_DATA`, then the bundled sample).
 
@@ -108,11 +107,9 @@ def load_dataset(root: str | Path | None = None) -> Dataset:
     """
     root = data_dir(root)
     manifest = root / "manifest.csv"
-    if (root / RSNA_LABELS).exists() and not manifest.exists():
-        from cxrdemo.data.rsna import load_rsna  # rsna builds on this module's Dataset
-
-        images = root / RSNA_IMAGES
-        return load_rsna(root / RSNA_LABELS, images if images.is_dir() else root)
+    challenge = rsna.find(root)
+    if challenge is not None:
+        return load_rsna(*challenge)
     if manifest.exists():
         frame = pd.read_csv(manifest)
         if "subtype" not in frame or "patient_id" not in frame:
@@ -127,6 +124,36 @@ def load_dataset(root: str | Path | None = None) -> Dataset:
         raise FileNotFoundError(f"dataset folder {root} does not exist")
     frame["patient_id"] = frame["patient_id"].astype(str)
     return Dataset(root=root, frame=frame.reset_index(drop=True))
+
+
+def load_rsna(
+    labels_csv: str | Path,
+    images_dir: str | Path,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+) -> Dataset:
+    """An RSNA challenge folder (`cxrdemo.data.rsna.read_manifest`) as a Dataset with a train/val/test split.
+
+    RSNA ships no official split, so patients are split here: a seeded, label-stratified `patient_split`,
+    applied twice (test first, then validation from the rest). `val_fraction` and `test_fraction` are
+    shares of all patients. Patients whose DICOM is missing are listed in `frame.attrs["missing"]`.
+    """
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction and test_fraction must be >= 0 and sum to less than 1, got {val_fraction}, {test_fraction}"
+        )
+    root = Path(images_dir).expanduser().resolve()
+    frame = rsna.read_manifest(labels_csv, root)
+    # Test first, then validation out of the rest, rescaled so both are shares of all patients.
+    # The second split gets its own seed so its shuffle is not a replay of the first one's.
+    rest, test = patient_split(frame, val_fraction=test_fraction, seed=seed, stratify_column="label")
+    val_share = val_fraction / (1 - test_fraction)
+    _, val = patient_split(rest, val_fraction=val_share, seed=seed + 1, stratify_column="label")
+    frame.loc[frame["patient_id"].isin(test["patient_id"]), "split"] = "test"
+    frame.loc[frame["patient_id"].isin(val["patient_id"]), "split"] = "val"
+    return Dataset(root=root, frame=frame)
 
 
 def patient_split(

@@ -1,12 +1,11 @@
-"""The RSNA Pneumonia Detection Challenge as a `cxrdemo.data.dataset.Dataset`, so training can use either source.
+"""The RSNA Pneumonia Detection Challenge's files: where they are in a folder, and its labels as a manifest.
 
 Input is the challenge's `stage_2_train_labels.csv` (one row per box; a patient without pneumonia has
 one row with `Target=0` and empty box fields) and its flat folder of `<patientId>.dcm` files. The
 manifest has one row per patient: `label` is PNEUMONIA when any of the patient's rows has `Target=1`,
-`n_boxes` counts those rows.
-
-RSNA ships no official split, so patients are split here: a seeded, label-stratified split with
-`cxrdemo.data.dataset.patient_split`, applied twice (test first, then validation from the rest).
+`n_boxes` counts those rows. RSNA ships no official split, so every row is in "train" here;
+`cxrdemo.data.dataset.load_rsna` splits the patients and makes the `Dataset`. This module knows only
+the challenge's format and imports nothing of `dataset`, so there is no import circle between them.
 
 Only the binary task exists on RSNA: its labels say nothing about bacterial versus viral pneumonia,
 so `subtype` is "unknown" for every PNEUMONIA patient, a value that is not one of the subtype task's
@@ -21,9 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrdemo.data.dataset import Dataset, patient_split
 from cxrdemo.tasks import get_task
 
+LABELS = "stage_2_train_labels.csv"
+IMAGES = "stage_2_train_images"
 COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 UNKNOWN_SUBTYPE = "unknown"  # RSNA labels do not distinguish bacterial from viral pneumonia
 _NORMAL, _PNEUMONIA = get_task("binary").classes
@@ -56,24 +56,23 @@ def _check_patient_id(patient_id: str, root: Path) -> None:
         raise ValueError(f"patient id {patient_id!r} is not a plain file name; it would leave {root}")
 
 
-def load_rsna(
-    labels_csv: str | Path,
-    images_dir: str | Path,
-    *,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-) -> Dataset:
-    """Read the RSNA labels and image folder into a one-row-per-patient manifest with a train/val/test split.
+def find(root: Path) -> tuple[Path, Path] | None:
+    """(labels CSV, image folder) when `root` is an RSNA challenge folder without a manifest, else None.
 
-    `val_fraction` and `test_fraction` are shares of all patients. Patients whose DICOM is missing are
-    dropped and listed in `frame.attrs["missing"]`. Raises ValueError for a wrong CSV header, a Target
-    other than 0/1, or a patient id that is not a plain file name.
+    The DICOMs are in `stage_2_train_images/` beside the labels, or beside the labels themselves.
     """
-    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-        raise ValueError(
-            f"val_fraction and test_fraction must be >= 0 and sum to less than 1, got {val_fraction}, {test_fraction}"
-        )
+    if (root / "manifest.csv").exists() or not (root / LABELS).exists():
+        return None
+    images = root / IMAGES
+    return root / LABELS, images if images.is_dir() else root
+
+
+def read_manifest(labels_csv: str | Path, images_dir: str | Path) -> pd.DataFrame:
+    """One row per patient with a DICOM in `images_dir`, all in the "train" split; `path` is relative to it.
+
+    Patients whose DICOM is missing are dropped and listed in `frame.attrs["missing"]`. Raises ValueError
+    for a wrong CSV header, a Target other than 0/1, or a patient id that is not a plain file name.
+    """
     labels_csv = Path(labels_csv)
     root = Path(images_dir).expanduser().resolve()
     if not root.is_dir():
@@ -106,13 +105,5 @@ def load_rsna(
             "low_resolution_source": 0,
         }
     )
-
-    # Test first, then validation out of the rest, rescaled so both are shares of all patients.
-    # The second split gets its own seed so its shuffle is not a replay of the first one's.
-    rest, test = patient_split(frame, val_fraction=test_fraction, seed=seed, stratify_column="label")
-    val_share = val_fraction / (1 - test_fraction)
-    _, val = patient_split(rest, val_fraction=val_share, seed=seed + 1, stratify_column="label")
-    frame.loc[frame["patient_id"].isin(test["patient_id"]), "split"] = "test"
-    frame.loc[frame["patient_id"].isin(val["patient_id"]), "split"] = "val"
     frame.attrs["missing"] = missing
-    return Dataset(root=root, frame=frame)
+    return frame

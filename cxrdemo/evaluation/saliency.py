@@ -11,14 +11,18 @@ Three numbers per heatmap (an HxW float map in [0, 1] from `cxrdemo.inference.ex
   should hurt more than removing what it calls unimportant. A random map scores about 0; the scale is
   probability, so it is comparable across models. `cam_mult_change` adds the library's
   `CamMultImageConfidenceChange` (the probability change when the normalised input is multiplied by the map).
-- **Lung-mass share**: the fraction of the heatmap's mass inside `lung_mask(pixels)`. Compare it with
-  the mask's own share of the image area, which is what a uniform map would get.
+- **Lung-mass share**: the fraction of the heatmap's mass inside the lungs: the image's manual lung mask
+  (`RealLungMasks`: V7 Labs' annotations in ../shared/data/lung_masks, matched by image path and resized
+  with the image) where it has one, else the heuristic `lung_mask(pixels)` below (`lung_masks` says which
+  each image got; the benchmark reports the count). Compare it with the mask's own share of the image
+  area, which is what a uniform map would get.
 - **Border-band share**: the fraction of the mass in the outer `BORDER_FRACTION` (10 %) of the image on
   every side, where the radiographer's side markers, labels, corners and collimation edges are. That band
   is 1 - 0.8^2 = 36 % of the area, so a uniform map scores 0.36.
 
-Lung-region estimate (`lung_mask`): a deterministic function of the image; no learned model and
-nothing downloaded. Like the models, it works on the image squashed to a square (`LUNG_WORK_SIZE` px):
+Lung-region estimate (`lung_mask`, the fallback for images without a manual mask): a deterministic function
+of the image; no learned model and nothing downloaded. Like the models, it works on the image squashed to a
+square (`LUNG_WORK_SIZE` px):
 1. An anatomical prior of two vertical ellipses, one per lung, centred at x = 0.33 and 0.67 and y = 0.45
    of the squared image, semi-axes 0.16 (wide) x 0.30 (tall). These numbers were read off validation images
    of the Kermany set: frontal, roughly centred, lungs spanning about 15-75 % of the height.
@@ -32,8 +36,8 @@ nothing downloaded. Like the models, it works on the image squashed to a square 
    holes filled; then resized back to the image with nearest-neighbour.
 On Kermany images it covers about 20-35 % of the image.
 
-Limitations: it is a heuristic, not a segmentation, and it has not been validated against annotated lung
-masks. The prior assumes a frontal, centred, upright film; a rotated or off-centre patient, a film
+Limitations: it is a heuristic, not a segmentation (which is why the manual masks replace it wherever an
+image has one). The prior assumes a frontal, centred, upright film; a rotated or off-centre patient, a film
 cropped tightly or one that includes much of the abdomen moves the real lungs away from the ellipses.
 Dense consolidation or effusion at the lung margins is brighter than the threshold and drops out (only
 the core is kept regardless), and the costophrenic angles and the lung behind the heart are mostly
@@ -43,7 +47,6 @@ methods and models on the same images, not a measure of anatomical precision.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,7 +54,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
+from cxrdemo.fileio import read_benchmark_rows
 from cxrdemo.paths import REPO_ROOT
 
 # Where `python -m benchmarks.bench_saliency --json` writes by default (the performance page reads it).
@@ -112,6 +117,50 @@ def lung_mask(pixels: np.ndarray) -> np.ndarray:
     )
     mask = _lung_mask_square(square).astype(np.uint8)
     return cv2.resize(mask, (pixels.shape[1], pixels.shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+LUNG_MASK_SOURCES = ("real", "heuristic")  # the manual mask of the image, or `lung_mask`'s estimate
+
+
+class RealLungMasks:
+    """The manual lung masks of a lung-mask folder (`manifest.csv`: `image` -> `mask`), by image path.
+
+    The masks are 1-bit PNGs at the pixel size of the dataset's copy of the image; `get` resizes one to
+    the pixels actually scored (nearest neighbour), so it stays aligned with a downscaled or
+    re-encoded copy of the same film (a resize applies to both; the bundled sample is smaller).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        manifest = pd.read_csv(self.root / "manifest.csv", usecols=["image", "mask"])
+        self._masks = dict(zip(manifest["image"], manifest["mask"]))
+
+    def __contains__(self, image_path: str) -> bool:
+        return image_path in self._masks
+
+    def get(self, image_path: str, shape: tuple[int, int]) -> np.ndarray | None:
+        """HxW bool lung mask of the image at `image_path` (dataset-relative), resized to `shape`; None
+        when the image has no manual mask."""
+        relative = self._masks.get(image_path)
+        if relative is None:
+            return None
+        mask = np.asarray(Image.open(self.root / relative).convert("L")) > 127
+        if mask.shape != tuple(shape):
+            resized = cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+            mask = resized.astype(bool)
+        return mask
+
+
+def lung_masks(
+    paths: Sequence[str], images: Sequence[np.ndarray], real: RealLungMasks | None
+) -> tuple[list[np.ndarray], list[str]]:
+    """(HxW bool lung mask, source) per image: the manual mask when `real` has one, else the heuristic."""
+    masks, sources = [], []
+    for path, pixels in zip(paths, images):
+        mask = None if real is None else real.get(path, pixels.shape)
+        masks.append(lung_mask(pixels) if mask is None else mask)
+        sources.append(LUNG_MASK_SOURCES[mask is None])
+    return masks, sources
 
 
 def _check_heatmap(heatmap: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -289,17 +338,9 @@ def validation_sample(frame: pd.DataFrame, n: int, *, seed: int = 0, column: str
 
 
 def load_results(path: Path | None = None) -> dict | None:
-    """The benchmark's JSON (`DEFAULT_JSON` unless `path`), None when it was never written.
-
-    Raises ValueError when the file exists but is not a benchmark result (a caller shows that in one line).
-    """
-    path = DEFAULT_JSON if path is None else Path(path)
-    if not path.is_file():
-        return None
-    results = json.loads(path.read_text())  # JSONDecodeError is a ValueError
-    if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
-        raise ValueError(f"{path} holds no saliency benchmark rows")
-    return results
+    """The benchmark's JSON (`DEFAULT_JSON` unless `path`); None when it was never written, ValueError when
+    it is not a saliency benchmark result."""
+    return read_benchmark_rows(DEFAULT_JSON if path is None else Path(path), "saliency")
 
 
 # column of `results_table` -> (key in a benchmark row, what it means); the page shows these as help
@@ -317,11 +358,17 @@ RESULT_COLUMNS: dict[str, tuple[str, str]] = {
     "ROAD sd": ("road_combined_sd", "Standard deviation of ROAD over the images."),
     "Lung share": (
         "lung_mass_share",
-        "Fraction of the heatmap's mass on the estimated lung fields (a heuristic mask).",
+        "Fraction of the heatmap's mass inside the lungs (the manual lung mask where the image has one, "
+        "else a heuristic mask; see 'Manual masks').",
     ),
     "Lung area": (
         "lung_area_share",
         "The lung mask's share of the image area: what a uniform heatmap would get for 'Lung share'.",
+    ),
+    "Manual masks": (
+        "lung_masks_real",
+        "Images whose lung share used their manual lung mask (V7 Labs); the others used the heuristic "
+        "ellipse mask. Empty: measured before manual masks were used (all heuristic).",
     ),
     "Border share": (
         "border_share",
@@ -336,6 +383,26 @@ def results_table(results: dict) -> pd.DataFrame:
     """One row per (model, method) of the benchmark, with the columns of `RESULT_COLUMNS`."""
     rows = [{column: row.get(key) for column, (key, _) in RESULT_COLUMNS.items()} for row in results["rows"]]
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def lung_share_long(results: dict) -> tuple[pd.DataFrame, float | None]:
+    """(model, method, lung share, lung area, images, manual masks) per benchmark row with a lung share,
+    and the mean lung area: what a uniform heatmap would put inside the lungs."""
+    rows = [
+        {
+            "model": r["model"],
+            "method": r["method"],
+            "lung share": r["lung_mass_share"],
+            "lung area": r.get("lung_area_share"),
+            "images": r.get("n"),
+            "manual masks": r.get("lung_masks_real"),
+        }
+        for r in results["rows"]
+        if r.get("lung_mass_share") is not None
+    ]
+    table = pd.DataFrame(rows, columns=["model", "method", "lung share", "lung area", "images", "manual masks"])
+    areas = table["lung area"].dropna()
+    return table, (float(areas.mean()) if len(areas) else None)
 
 
 def method_summary(method: str, model_id: str | None = None, *, path: Path | None = None) -> str | None:

@@ -8,8 +8,10 @@ like HTML text)."
 Choices worth knowing:
 - Transparent pixels are composited on black: radiographs have a dark background, so padding
   made transparent by an editor stays dark instead of turning into a bright frame.
-- 16/32-bit and float images are stretched from their 0.5th to 99.5th percentile, because such
-  files rarely use their full bit depth (12-bit detectors saved as 16-bit PNG look black otherwise).
+- 16/32-bit and float images follow the DICOM rule for files without a window (`dicom.display_range`):
+  shown over their bit range (0..1 for float), unless their values use a small part of it (a 12-bit
+  detector saved as 16-bit PNG would look black): those are stretched from their 0.5th to 99.5th
+  percentile, with a warning. `metadata["window"]` says which.
 - EXIF orientation is applied, so a phone photo of a film is upright; `original_size` is the file's
   image size after that rotation.
 - A large JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's `draft`), keeping
@@ -43,8 +45,11 @@ MAX_NAME_CHARS = 80
 # The JPEG opener also returns MPO images (many phone JPEGs), reported here as JPEG.
 PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
 SUPPORTED = "JPEG, PNG, BMP, TIFF, WebP, GIF or DICOM"
-# Pillow modes above 8 bits (value: bit depth shown in metadata); these get a percentile stretch
+# Pillow modes above 8 bits (value: bit depth shown in metadata); these go through `dicom.display_range`
 _HIGH_DEPTHS = {"I;16": "16", "I;16L": "16", "I;16B": "16", "I;16N": "16", "I": "32", "F": "32 (float)"}
+# their value ranges: (low, high, bits; None for float)
+_HIGH_RANGES = {"I": (-(2.0**31), 2.0**31 - 1, 32), "F": (0.0, 1.0, None)}
+_SIXTEEN_BIT_RANGE = (0.0, 65535.0, 16)
 _COLOUR_DELTA = 24  # channel spread (0-255) that counts as visible colour, well above JPEG chroma noise
 _COLOUR_FRACTION = 0.01  # share of such pixels that makes an image "noticeably coloured"
 
@@ -162,16 +167,20 @@ def _load_pillow(data: bytes, name: str) -> LoadedImage:
         if upright.size != img.size:
             metadata["orientation"] = "rotated per EXIF"
             file_size = file_size[::-1]
-        pixels = _to_gray(upright, warnings)
+        pixels = _to_gray(upright, metadata, warnings)
     return LoadedImage(pixels, name, fmt, file_size, metadata, warnings)
 
 
-def _to_gray(img: Image.Image, warnings: list[str]) -> np.ndarray:
-    """Any Pillow mode -> HxW uint8; high bit depths stretched, alpha composited on black."""
+def _to_gray(img: Image.Image, metadata: dict[str, str], warnings: list[str]) -> np.ndarray:
+    """Any Pillow mode -> HxW uint8; high bit depths as DICOMs without a window, alpha composited on black."""
     if img.mode in _HIGH_DEPTHS:
-        from cxrdemo.imaging.dicom import AUTO_PERCENTILES, stretch
+        from cxrdemo.imaging.dicom import display_range
 
-        return stretch(np.asarray(img), AUTO_PERCENTILES)
+        low, high, bits = _HIGH_RANGES.get(img.mode, _SIXTEEN_BIT_RANGE)
+        pixels, metadata["window"], warning = display_range(np.asarray(img), low, high, bits)
+        if warning:
+            warnings.append(warning)
+        return pixels
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif img.mode not in ("L", "LA", "RGB", "RGBA"):

@@ -41,8 +41,13 @@ from pydicom.uid import (
 
 # Plain projection radiographs; anything else (CT, MR, US, OT...) still loads but gets a warning.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR"})
-# Robust auto-window when the file carries none: ignores hot/dead pixels and burnt-in labels.
+# The automatic window, for values that use a small part of a wide range: ignores hot/dead pixels and
+# burnt-in labels.
 AUTO_PERCENTILES = (0.5, 99.5)
+# Without a window, values are shown over their stored range (BitsStored) when their AUTO_PERCENTILES span
+# covers at least this share of it, or when the range is 8 bits or less; below it (a 12-bit detector saved
+# in a 16-bit range covers 1/16) they get the automatic window, with a warning. docs/RELIABILITY.md, issue 24.
+MIN_RANGE_SHARE = 0.25
 # tag keyword -> metadata key; an allow-list, so identifying tags can never slip through
 _METADATA_TAGS = {
     "Modality": "modality",
@@ -120,7 +125,7 @@ def frame_size(ds: Dataset) -> tuple[int, int]:
 
 
 def render(ds: Dataset) -> DicomImage:
-    """First frame as display-ready uint8: modality LUT, then VOI LUT / window / auto window."""
+    """First frame as display-ready uint8: modality LUT, then VOI LUT / window / stored range (`display_range`)."""
     warnings: list[str] = []
     syntax = _syntax(ds)
     if syntax is not None and _is_compressed(syntax):
@@ -321,7 +326,7 @@ def _end_of_entropy_data(data: bytearray, pos: int) -> int:
 
 
 def _grayscale(arr: np.ndarray, ds: Dataset, warnings: list[str]) -> tuple[np.ndarray, str]:
-    """Stored values -> modality values -> uint8 through the file's VOI, else an auto window."""
+    """Stored values -> modality values -> uint8 through the file's VOI, else over the stored range."""
     values = apply_modality_lut(arr, ds)  # rescale slope/intercept; identity when the tags are absent
     if ds.get("VOILUTSequence"):
         lut_input = np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values
@@ -335,9 +340,52 @@ def _grayscale(arr: np.ndarray, ds: Dataset, warnings: list[str]) -> tuple[np.nd
             pixels = _to_uint8((windowed - low) / (high - low))
             return pixels, f"center {_first(ds.WindowCenter)}, width {_first(ds.WindowWidth)}"
         except (ValueError, ZeroDivisionError, FloatingPointError):
-            warnings.append("the file's window settings are invalid; using an automatic window")
-    low_pct, high_pct = AUTO_PERCENTILES
-    return stretch(values, AUTO_PERCENTILES), f"automatic ({low_pct}-{high_pct} percentile)"
+            warnings.append("the file's window settings are invalid, so they were not used")
+    bits, low, high = _stored_range(ds, arr)
+    pixels, window, warning = display_range(values, low, high, bits)
+    if warning:
+        warnings.append(f"no window in the file and {warning}")
+    return pixels, window
+
+
+def _stored_range(ds: Dataset, arr: np.ndarray) -> tuple[int, float, float]:
+    """(BitsStored, lowest, highest) of the modality values the file's stored values can take."""
+    bits = min(max(_int(ds.get("BitsStored"), 8 * arr.dtype.itemsize), 1), 32)
+    signed = _int(ds.get("PixelRepresentation"), 0) == 1
+    first, last = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if ds.get("ModalityLUTSequence") and bits <= 16:  # a LUT need not be monotone: look at every output
+        ends = apply_modality_lut(np.arange(first, last + 1), ds)
+    else:
+        ends = apply_modality_lut(np.array([first, last]), ds)  # a negative slope swaps the ends
+    return bits, float(np.min(ends)), float(np.max(ends))
+
+
+def display_range(values: np.ndarray, low: float, high: float, bits: int | None) -> tuple[np.ndarray, str, str | None]:
+    """(uint8 pixels, the window used, a warning or None) for values without a window of their own.
+
+    A file without a window means its stored range, `low`..`high` (torchxrayvision reads DICOMs by their
+    bit depth too): stretching a film that already fills it changes its contrast, and with it the models'
+    answers (issue 24). So values are shown over that range, unless it is wider than 8 bits (`bits` is None
+    for float values) and their AUTO_PERCENTILES span covers under MIN_RANGE_SHARE of it, or they fall
+    outside it. Only those get the automatic window, and the warning says why. Also used by
+    `cxrdemo.imaging.decode` for 16-bit, 32-bit and float pictures.
+    """
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64))
+    name = "0 to 1 float" if bits is None else f"{bits}-bit"
+    stored = f"stored range {low:g} to {high:g} ({'float' if bits is None else f'{bits} bits'})"
+    span_low, span_high = np.percentile(values, AUTO_PERCENTILES)
+    share = (span_high - span_low) / (high - low) if high > low else 0.0
+    inside = high > low and low <= values.min() and values.max() <= high
+    if inside and ((bits is not None and bits <= 8) or share >= MIN_RANGE_SHARE):
+        return _to_uint8((values - low) / (high - low)), stored, None
+    if inside:
+        used = "under 1 %" if share < 0.005 else f"{100 * share:.0f} %"
+        reason = f"pixel values use only {used} of the {name} range"
+    else:
+        reason = f"pixel values fall outside the {name} range"
+    percentiles = f"{AUTO_PERCENTILES[0]}-{AUTO_PERCENTILES[1]} percentile"
+    warning = f"{reason}, so the contrast was set automatically ({percentiles})"
+    return stretch(values, AUTO_PERCENTILES), f"automatic ({percentiles})", warning
 
 
 def _colour_to_gray(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
@@ -363,7 +411,7 @@ def _content_warnings(ds: Dataset) -> list[str]:
 def stretch(values: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
     """Linear map of a percentile range to 0..255 (min/max when that range is flat).
 
-    Also used by `cxrdemo.imaging.decode` for 16-bit and float pictures, which need the same treatment.
+    The automatic window of `display_range`, and the scaling of VOI LUT output and of colour DICOMs.
     """
     values = np.nan_to_num(np.asarray(values, dtype=np.float64))
     low, high = np.percentile(values, percentiles)

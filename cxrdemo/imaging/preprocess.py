@@ -79,7 +79,12 @@ def crop_window(shape: tuple[int, int], box: lungs.LungBox, margin: float) -> tu
     bw, bh = box.x1 - box.x0, box.y1 - box.y0
     x0, x1 = (box.x0 - margin * bw) * w, (box.x1 + margin * bw) * w
     y0, y1 = (box.y0 - margin * bh) * h, (box.y1 + margin * bh) * h
-    return int(round(x0)), int(round(y0)), max(int(round(x1)), int(round(x0)) + 1), max(int(round(y1)), int(round(y0)) + 1)
+    return (
+        int(round(x0)),
+        int(round(y0)),
+        max(int(round(x1)), int(round(x0)) + 1),
+        max(int(round(y1)), int(round(y0)) + 1),
+    )
 
 
 def lung_crop(pixels: np.ndarray, box: lungs.LungBox, margin: float, size: int) -> np.ndarray:
@@ -103,7 +108,9 @@ def model_square(pixels: np.ndarray, spec: Preprocessing, fields: lungs.LungFiel
     return lung_crop(pixels, fields.box, spec.margin, spec.input_size)
 
 
-def paste_back(square_map: np.ndarray, shape: tuple[int, int], spec: Preprocessing, fields: lungs.LungFields | None) -> np.ndarray:
+def paste_back(
+    square_map: np.ndarray, shape: tuple[int, int], spec: Preprocessing, fields: lungs.LungFields | None
+) -> np.ndarray:
     """A map over the model's square (a heatmap) put back where those pixels came from in the HxW image.
 
     Squash: stretched to HxW. Lung crop: stretched over the crop window, zero outside it.

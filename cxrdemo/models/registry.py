@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -154,6 +154,19 @@ def load_card(model_id: str, directory: Path | None = None) -> dict:
         return ModelCard.from_dict(raw).to_dict()
     except CardError as err:
         raise ModelLoadError(f"model {model_id}: its card {path.name} is invalid ({err})") from None
+
+
+def annotate_card(model_id: str, key: str, value: dict, directory: Path | None = None) -> dict:
+    """Store a measurement made after training (e.g. the frame probe) under `key` of an installed card.
+
+    The weights and their hash are untouched; a key the card schema knows cannot be overwritten.
+    """
+    directory = directory or weights_dir()
+    if key in {f.name for f in fields(ModelCard)}:
+        raise ValueError(f"{key!r} is a model card field, not an annotation")
+    card = {**load_card(model_id, directory), key: value}
+    atomic_write_json(directory / f"{_check_id(model_id)}.json", card)
+    return card
 
 
 VERIFY_ATTEMPTS = 5  # a promotion replaces weights, then the card: a reader in between retries

@@ -36,7 +36,8 @@ from cxrdemo.paths import cache_dir, weights_dir
 from cxrdemo.precision import autocast
 
 MASK_SOURCE = (
-    "V7 Labs COVID-19 X-ray dataset (github:v7labs/covid-19-xray-dataset, commit 51fca0d0d089b2fa7b0b95f0aed32ebaebd561f2, "
+    "V7 Labs COVID-19 X-ray dataset (github:v7labs/covid-19-xray-dataset, "
+    "commit 51fca0d0d089b2fa7b0b95f0aed32ebaebd561f2, "
     "annotations/all-images-semantic-masks), manual lung masks of the Kermany pediatric images"
 )
 MASK_LICENCE = "CC BY 4.0 (V7 Labs, annotation by CloudFactory; images Kermany et al. 2018, CC BY 4.0)"
@@ -155,7 +156,7 @@ def train(cfg: SegConfig, data: str | None, masks_root: Path, out: Path, *, resu
     start_epoch, history = 0, []
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
@@ -183,11 +184,26 @@ def train(cfg: SegConfig, data: str | None, masks_root: Path, out: Path, *, resu
             losses.append(loss.item())
         probs = predict_probabilities(model, xs["val"])
         val_dice = float(np.mean([dice(p >= 0.5, t >= 0.5) for p, t in zip(probs, ys["val"].float().numpy())]))
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_dice_128": val_dice,
-                        "seconds": round(time.time() - began, 1)})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "val_dice_128": val_dice,
+                "seconds": round(time.time() - began, 1),
+            }
+        )
         print(json.dumps(history[-1]), flush=True)
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "gen": gen.get_state(), "epoch": epoch + 1, "history": history}, ckpt.with_suffix(".tmp"))
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "gen": gen.get_state(),
+                "epoch": epoch + 1,
+                "history": history,
+            },
+            ckpt.with_suffix(".tmp"),
+        )
         ckpt.with_suffix(".tmp").replace(ckpt)
 
     card = finalize(model, cfg, dataset, val_frame, xs["val"], masks_root, history)
@@ -196,8 +212,15 @@ def train(cfg: SegConfig, data: str | None, masks_root: Path, out: Path, *, resu
     return card
 
 
-def finalize(model, cfg: SegConfig, dataset: Dataset, val_frame: pd.DataFrame, val_pixels: torch.Tensor,
-             masks_root: Path, history: list[dict]) -> dict:
+def finalize(
+    model,
+    cfg: SegConfig,
+    dataset: Dataset,
+    val_frame: pd.DataFrame,
+    val_pixels: torch.Tensor,
+    masks_root: Path,
+    history: list[dict],
+) -> dict:
     """The card: data source and licence, Dice on validation masks (224 copies and full-res apart), CPU ms."""
     model.eval()
     probs = predict_probabilities(model, val_pixels)
@@ -212,14 +235,20 @@ def finalize(model, cfg: SegConfig, dataset: Dataset, val_frame: pd.DataFrame, v
     ms = cpu_ms_per_image(model, pixels)
 
     def summary(s: np.ndarray) -> dict:
-        return {"n": int(len(s)), "mean": round(float(s.mean()), 4), "median": round(float(np.median(s)), 4),
-                "p05": round(float(np.quantile(s, 0.05)), 4), "min": round(float(s.min()), 4)}
+        return {
+            "n": int(len(s)),
+            "mean": round(float(s.mean()), 4),
+            "median": round(float(np.median(s)), 4),
+            "p05": round(float(np.quantile(s, 0.05)), 4),
+            "min": round(float(s.min()), 4),
+        }
 
+    n_parameters = sum(p.numel() for p in model.parameters())
     return {
         "id": lungs.MODEL_ID,
         "kind": "segmenter",
         "task": "lung fields",
-        "arch": f"U-Net, {len(model.down) - 1} poolings, width {cfg.width}, {sum(p.numel() for p in model.parameters()):,} parameters",
+        "arch": f"U-Net, {len(model.down) - 1} poolings, width {cfg.width}, {n_parameters:,} parameters",
         "input": {"size": lungs.INPUT_SIZE, "mean": lungs.MEAN, "std": lungs.STD, "resize": "squash"},
         "data_source": MASK_SOURCE,
         "licence": MASK_LICENCE,
@@ -243,8 +272,11 @@ def finalize(model, cfg: SegConfig, dataset: Dataset, val_frame: pd.DataFrame, v
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
-             if not k.endswith("num_batches_tracked")}
+    state = {
+        k: v.detach().to(torch.float16).contiguous()
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp))
     tmp.replace(path)
@@ -272,7 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.promote:
         print(f"installed in {promote(out)}")
         return
-    card = train(SegConfig(epochs=args.epochs, threads=args.threads), args.data, Path(args.masks), out, resume=args.resume)
+    card = train(
+        SegConfig(epochs=args.epochs, threads=args.threads), args.data, Path(args.masks), out, resume=args.resume
+    )
     print(json.dumps(card["metrics"], indent=2), f"\n{card['cpu_ms_per_image']} ms per image")
 
 
