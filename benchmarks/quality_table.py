@@ -43,8 +43,9 @@ def main() -> None:
             else card.get("kind", "")
         )
         threshold = f"{card['threshold']:.3f}" if card.get("threshold") is not None else "argmax"
-        size = (card.get("preprocessing") or {}).get("input_size")  # null for the ensemble
-        size = f"{size} px" if size else "–"
+        preprocessing = card.get("preprocessing") or {}  # null for the ensemble
+        size = preprocessing.get("input_size")
+        size = f"{size} px {preprocessing.get('resize', 'squash').replace('_', ' ')}" if size else "–"
         print(
             f"| {model_id} | {card.get('task')} | {size} | {trained} | {threshold} | "
             + " | ".join(cell(metrics.get(c)) for c in shown)

@@ -6,7 +6,8 @@
 Each model of the plan is an ordinary `python -m cxrdemo train` run followed by `promote`, so the
 admin page, a GPU box and this campaign go through the same code. Run it again at any time: a model
 whose installed card was trained with exactly the planned recipe is skipped, a run that was killed is
-resumed from its last epoch checkpoint (`train --resume`), a finished but unpromoted run is promoted.
+resumed from its last epoch checkpoint (`train --resume`), a finished but unpromoted run is promoted,
+unless the replacement gate kept the shipped model (`gate.json` in the run folder, `record_gate`).
 After every promotion the models built on top of others (k-NN, ensemble) are rebuilt, so the shipped
 set always agrees with itself. Run it from a separate `git worktree`, with the runs folder outside
 any work tree, so that editing and testing in the foreground cannot break it.
@@ -23,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from cxrdemo.fileio import read_json
+from cxrdemo.fileio import atomic_write_json, read_json
 from cxrdemo.models.registry import load_card
 from cxrdemo.paths import weights_dir
 from cxrdemo.training.command import parse_train_args, train_command
@@ -121,8 +122,33 @@ def installed_recipe(model_id: str) -> dict | None:
     return read_json(path).get("training") if path.exists() else None
 
 
+GATE_FILE = "gate.json"  # in a finished run: the replacement gate's decision (docs/DECISIONS.md, rule 4)
+KEEP_SHIPPED = "keep shipped"
+
+
+def gate_decision(run_dir: Path) -> str | None:
+    """The decision, "replace" or KEEP_SHIPPED, when the gate has judged the run's weights, else None."""
+    path, card = run_dir / GATE_FILE, run_dir / "card.json"
+    if not path.exists() or not card.exists():
+        return None
+    gate = read_json(path)
+    return gate.get("decision") if gate.get("weights_sha256") == read_json(card).get("weights_sha256") else None
+
+
+def record_gate(run_dir: Path, decision: str, evidence: dict) -> None:
+    """Write the replacement gate's decision for a finished run (its card names the weights judged)."""
+    if decision not in ("replace", KEEP_SHIPPED):
+        raise ValueError(f"decision must be 'replace' or {KEEP_SHIPPED!r}")
+    sha = read_json(run_dir / "card.json")["weights_sha256"]
+    atomic_write_json(run_dir / GATE_FILE, {"decision": decision, "weights_sha256": sha, **evidence})
+
+
 def step_for(run_dir: Path, planned: dict, model_id: str) -> str:
-    """What the campaign does for one model: skip | promote | resume | train."""
+    """What the campaign does for one model: skip | kept | promote | resume | train.
+
+    "kept": the run finished with the planned recipe but failed the replacement gate, so the shipped
+    model stays and nothing is done (the plan still produced what is shipped).
+    """
     installed = installed_recipe(model_id)
     if installed and same_recipe(installed, planned):
         return "skip"
@@ -130,7 +156,7 @@ def step_for(run_dir: Path, planned: dict, model_id: str) -> str:
     if config.exists() and same_recipe(read_json(config), planned):
         status = read_json(run_dir / "status.json") if (run_dir / "status.json").exists() else {}
         if status.get("state") == "finished" and (run_dir / "card.json").exists():
-            return "promote"
+            return "kept" if gate_decision(run_dir) == KEEP_SHIPPED else "promote"
         return "resume"
     return "train"
 
@@ -181,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         planned = planned_config(arch, task, extra, run_dir, args.data)
         step = step_for(run_dir, planned, model_id)
         print(f"== {model_id}: {step}", flush=True)
-        if step == "skip":
+        if step in ("skip", "kept"):
             continue
         start = time.time()
         if step == "train" and run_dir.exists() and not args.dry_run:

@@ -18,7 +18,9 @@ from cxrdemo.zoo import (
     MEMBER_MIN_VAL_AUROC,
     PLANS,
     ensemble_members,
+    KEEP_SHIPPED,
     planned_config,
+    record_gate,
     same_recipe,
     step_for,
 )
@@ -101,8 +103,14 @@ def test_step_for_each_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (run_dir / "config.json").write_text(json.dumps(planned))
     assert step_for(run_dir, planned, "cnn4-binary") == "resume"
     (run_dir / "status.json").write_text(json.dumps({"state": "finished"}))
-    (run_dir / "card.json").write_text("{}")
+    (run_dir / "card.json").write_text(json.dumps({"weights_sha256": "a" * 64}))
     assert step_for(run_dir, planned, "cnn4-binary") == "promote"
+    record_gate(run_dir, KEEP_SHIPPED, {"shipped_balanced_auroc": 0.99, "run_balanced_auroc": 0.98})
+    assert step_for(run_dir, planned, "cnn4-binary") == "kept"  # the gate kept the shipped model
+    (run_dir / "card.json").write_text(json.dumps({"weights_sha256": "b" * 64}))
+    assert step_for(run_dir, planned, "cnn4-binary") == "promote"  # new weights: the old decision is not theirs
+    with pytest.raises(ValueError, match="decision must be"):
+        record_gate(run_dir, "maybe", {})
     (tmp_path / "weights" / "cnn4-binary.json").write_text(json.dumps({"training": {**planned, "out": "elsewhere"}}))
     assert step_for(run_dir, planned, "cnn4-binary") == "skip"
     changed = {**planned, "epochs": planned["epochs"] + 1}

@@ -254,14 +254,16 @@ def _lung_model_row() -> dict | None:
 
 
 def recipe(card: dict) -> str:
-    """Input size, training precision, epochs and wall time, e.g. '224 px bf16 24 ep 52 min'."""
+    """Input, training precision, epochs and wall time, e.g. '224 px lung crop bf16 20 ep 87 min'."""
     training = card.get("training") or {}
     if card.get("kind") == "ensemble":
         return f"mean of {len(card.get('members', []))} models"
     if card.get("kind") == "knn":
         return f"k={card.get('k')} on {card.get('backbone')}"
-    size = (card.get("preprocessing") or {}).get("input_size")
-    parts = [f"{size} px" if size else "", training.get("precision_used", ""), ""]
+    preprocessing = card.get("preprocessing") or {}
+    size, resize = preprocessing.get("input_size"), preprocessing.get("resize", "squash")
+    input_form = f"{size} px {resize.replace('_', ' ')}" if size else ""
+    parts = [input_form, training.get("precision_used", ""), ""]
     if training.get("epochs_run") is not None:
         parts[2] = f"{training['epochs_run']} ep"
     if training.get("seconds") is not None:
