@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.bench_saliency import default_data, default_masks  # the same data and mask folders
 from cxrdemo.data.dataset import load_dataset
 from cxrdemo.evaluation.frame import (
     CARD_KEY,
@@ -49,24 +50,6 @@ from cxrdemo.evaluation.frame import (
 from cxrdemo.fileio import atomic_write_json
 from cxrdemo.inference.predict import Predictor
 from cxrdemo.models.registry import annotate_card, list_cards
-from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR
-
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
-
-def default_data() -> Path:
-    if os.environ.get("CXRDEMO_DATA"):
-        return Path(os.environ["CXRDEMO_DATA"])
-    chest = SHARED_DATA / "chest_xray"
-    return chest if (chest / "manifest.csv").exists() else SAMPLE_DIR
-
-
-def default_masks(data: Path) -> Path | None:
-    """`lung_masks` beside the data folder, else the shared copy; None when neither exists."""
-    for candidate in (data.parent / "lung_masks", SHARED_DATA / "lung_masks"):
-        if (candidate / "manifest.csv").is_file():
-            return candidate
-    return None
 
 
 def _split_key(card: dict) -> tuple:
