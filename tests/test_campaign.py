@@ -15,10 +15,10 @@ from cxrdemo.paths import REPO_ROOT, SAMPLE_DIR, weights_dir
 from cxrdemo.training.checkpoint import load_checkpoint, save_checkpoint
 from cxrdemo.zoo import (
     ENSEMBLE_MEMBERS,
+    KEEP_SHIPPED,
     MEMBER_MIN_VAL_AUROC,
     PLANS,
     ensemble_members,
-    KEEP_SHIPPED,
     planned_config,
     record_gate,
     same_recipe,
