@@ -59,7 +59,8 @@ PLANS: dict[str, Plan] = {
     "cpu": [
         ("resnet18", "binary", cpu_recipe(224, 20, 0.995)),
         ("zubinrnet", "binary", cpu_recipe(224, 20, 0.995)),
-        ("cnn4", "binary", cpu_recipe(128, 20, 0.99)),
+        # three seeds averaged as one model (docs/DECISIONS.md, addendum of 2026-12-07)
+        ("cnn4", "binary", cpu_recipe(128, 20, 0.99, "--seeds", "3")),
         ("cnn4", "subtype", cpu_recipe(128, 20, 0.99)),
         ("resnet18", "subtype", cpu_recipe(192, 12, 0.99)),
         ("vgg16", "binary", cpu_recipe(128, 10, 0.99, "--lr", "5e-4")),

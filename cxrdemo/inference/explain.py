@@ -147,7 +147,7 @@ def _in_eval_mode(model: torch.nn.Module, *, hooks: bool) -> Iterator[None]:
 
 
 def _num_classes(model: Classifier) -> int:
-    return model.head[-1].out_features
+    return model.num_classes
 
 
 def _check_target(model: Classifier, target_class: int | None) -> None:

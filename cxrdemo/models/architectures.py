@@ -7,6 +7,7 @@ the prediction and the Grad-CAM heatmap from one forward pass (see `cxrdemo.infe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,14 +31,19 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, num_classes: int = 2) -> nn.Module:
-    """Build architecture `name` with freshly initialised (or ImageNet-folded) weights."""
+def create_model(name: str, num_classes: int = 2, seeds: int = 1) -> nn.Module:
+    """Build architecture `name` with freshly initialised (or ImageNet-folded) weights.
+
+    `seeds` > 1 builds that many copies answering as one model (`SeedAverage`).
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(list_models())}")
+    if seeds > 1:
+        return SeedAverage([_REGISTRY[name](num_classes) for _ in range(seeds)])
     return _REGISTRY[name](num_classes)
 
 
-def model_skeleton(name: str, num_classes: int = 2) -> nn.Module:
+def model_skeleton(name: str, num_classes: int = 2, seeds: int = 1) -> nn.Module:
     """Architecture `name` with its parameters on the meta device: no memory, no initialisation.
 
     For loading trained weights with `load_state_dict(state, assign=True)`. `create_model`'s random
@@ -45,7 +51,7 @@ def model_skeleton(name: str, num_classes: int = 2) -> nn.Module:
     1.3 s (VGG-16, whose discarded ImageNet head has 120M parameters) per load on 2 cores.
     """
     with torch.device("meta"):
-        return create_model(name, num_classes)
+        return create_model(name, num_classes, seeds)
 
 
 def _building_skeleton() -> bool:
@@ -68,6 +74,7 @@ class Classifier(nn.Module):
         layers += [nn.Dropout(dropout), nn.Linear(width, num_classes)]
         self.head = nn.Sequential(*layers)
         self.embedding_dim = width
+        self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -374,8 +381,65 @@ def autoencoder(num_classes: int = 0) -> AutoEncoder:
     return AutoEncoder()
 
 
+# --- Seed average: copies of one architecture from different seeds, answering as one model -----------
+
+
+class SideBySide(nn.Module):
+    """The copies' trunks on one input, their feature maps concatenated along the channels."""
+
+    def __init__(self, trunks: list[nn.Module]) -> None:
+        super().__init__()
+        self.trunks = nn.ModuleList(trunks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([trunk(x) for trunk in self.trunks], dim=1)
+
+
+class MeanProbabilityHead(nn.Module):
+    """Each copy's head on its own channels; out: log of the mean of their softmax probabilities.
+
+    These are logits of the averaged probabilities (softmax gives the mean back), so temperature scaling,
+    thresholds and Grad-CAM treat the average like any classifier's output (docs/DECISIONS.md, 2026-12-07).
+    """
+
+    def __init__(self, heads: list[nn.Module], widths: list[int]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.widths = widths
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(features, self.widths, dim=1)
+        log_probs = torch.stack([torch.log_softmax(h(p), dim=1) for h, p in zip(self.heads, parts)])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.heads))
+
+
+class SeedAverage(Classifier):
+    """N copies of one `Classifier` trained from different seeds, shipped as one model.
+
+    `features` runs the trunks side by side, so Grad-CAM of the average is taken on all of their channels
+    at once (the copies' maps have the same size), and serving, folding and the frame probe see a classifier.
+    """
+
+    def __init__(self, copies: list[Classifier]) -> None:
+        nn.Module.__init__(self)
+        self.features = SideBySide([c.features for c in copies])
+        self.head = MeanProbabilityHead([c.head for c in copies], [_trunk_width(c) for c in copies])
+        self.embedding_dim = sum(c.embedding_dim for c in copies)
+        self.num_classes = copies[0].num_classes
+        self.copies = len(copies)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(self.features(x), self.head.widths, dim=1)
+        return torch.cat([h[:-1](p) for h, p in zip(self.head.heads, parts)], dim=1)
+
+
+def _trunk_width(model: Classifier) -> int:
+    """Channels of the trunk's feature map: the input width of the head's first linear layer."""
+    return next(m for m in model.head if isinstance(m, nn.Linear)).in_features
+
+
 def cam_target_layer(model: nn.Module) -> nn.Module:
-    """The layer Grad-CAM explains by default: the last block of the trunk."""
+    """The layer Grad-CAM explains by default: the last block of the trunk (all trunks of a seed average)."""
     if not isinstance(model, Classifier):
         raise ValueError("Grad-CAM needs a classifier")
-    return model.features[-1]
+    return model.features if isinstance(model, SeedAverage) else model.features[-1]

@@ -206,7 +206,8 @@ def load_model(model_id: str, directory: Path | None = None) -> LoadedModel:
     if card.get("kind") == "knn":
         return LoadedModel(model_id, card, None, tensors)
     try:
-        module = model_skeleton(card["arch"], len(card.get("classes", [])) or 2)
+        seeds = int((card.get("training") or {}).get("seeds", 1))
+        module = model_skeleton(card["arch"], len(card.get("classes", [])) or 2, seeds)
         state = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}
         module.load_state_dict(state, assign=True)
         if any(t.is_meta for t in (*module.parameters(), *module.buffers())):

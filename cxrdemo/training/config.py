@@ -41,8 +41,16 @@ class TrainConfig:
     channels_last: bool = True
     threads: int | None = None  # torch intra-op threads on the CPU (None: torch's default)
     compile: bool = False
-    seed: int = 0
+    seed: int = 0  # the validation split, and the weights unless `weights_seed` is set
+    # initialisation, augmentation and batch order; None: `seed`. Lets copies differ while sharing one split
+    weights_seed: int | None = None
+    seeds: int = 1  # >1: that many copies (weights seeds seed, seed+1, ...) answer as one model, averaged
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    @property
+    def init_seed(self) -> int:
+        """The seed of the weights, the augmentation and the batch order."""
+        return self.seed if self.weights_seed is None else self.weights_seed
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -132,6 +132,8 @@ def finalize(result: TrainResult, *, model_id: str | None = None, n_boot: int = 
             "imagenet_init": bool(getattr(result.model, "pretrained", False)),
             # the lung model whose boxes cut this model's inputs (a new one changes every crop)
             **({"lung_model": lungs.weights_digest()} if spec.resize == "lung_crop" else {}),
+            # a seed average: what each copy took (best_val_auroc above is their mean)
+            **({"copies": result.copies} if result.copies else {}),
         },
         data=data_summary(result),
         extra={

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -17,12 +17,12 @@ import torch.distributed as dist
 from torch import nn
 
 from cxrdemo.fileio import atomic_write_json
-from cxrdemo.models.architectures import create_model
+from cxrdemo.models.architectures import SeedAverage, create_model
 from cxrdemo.precision import resolve_precision, to_channels_last
 from cxrdemo.runlog import RunLog, read_metrics, rewrite_metrics
 from cxrdemo.tasks import get_task
 from cxrdemo.training.callbacks import BestWeights, Checkpoint, EarlyStopping, JsonLog, ProgressBar
-from cxrdemo.training.checkpoint import BEST, TrainState, load_checkpoint, load_torch
+from cxrdemo.training.checkpoint import BEST, TrainState, load_checkpoint, load_torch, save_torch
 from cxrdemo.training.config import TrainConfig, resolve_device
 from cxrdemo.training.data import PreparedData, prepare_data
 from cxrdemo.training.loop import EMA, Callback, FitContext, fit
@@ -40,6 +40,7 @@ class TrainResult:
     seconds: float
     precision: str = "fp32"
     selected_epoch: int = 0
+    copies: list[dict] = field(default_factory=list)  # a seed average: each copy's seed, epochs, time
 
 
 def _distributed() -> tuple[int, int]:
@@ -63,7 +64,7 @@ def build_context(cfg: TrainConfig, data: PreparedData, device: torch.device, ra
         model = create_model(cfg.arch, task.num_classes).to(device)
         weights = class_weights(data.train.targets, task.num_classes) if cfg.class_balanced else None
         criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-        objective = ClassifierObjective(spec, criterion, cfg.augment, cfg.mixup_alpha, cfg.seed, precision)
+        objective = ClassifierObjective(spec, criterion, cfg.augment, cfg.mixup_alpha, cfg.init_seed, precision)
         weight_decay = cfg.weight_decay
     if cfg.channels_last:
         model = to_channels_last(model)
@@ -76,7 +77,7 @@ def build_context(cfg: TrainConfig, data: PreparedData, device: torch.device, ra
     if cfg.compile:
         forward = torch.compile(forward)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=weight_decay)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.init_seed)
     return FitContext(cfg, model, forward, objective, optimizer, ema, generator, data, device, precision, rank, world)
 
 
@@ -101,7 +102,75 @@ def train(cfg: TrainConfig, *, resume: bool = False, callbacks: Sequence[Callbac
     """Train `cfg.arch`, continuing from `cfg.out`'s checkpoint when `resume`, and return the selected weights.
 
     `callbacks` run after the built-in ones (progress, early stopping, best weights, log, checkpoint).
+    With `cfg.seeds` > 1 the copies are trained one after another and returned as their `SeedAverage`.
     """
+    if cfg.seeds > 1:
+        return train_seed_average(cfg, resume=resume, callbacks=callbacks)
+    return _train_one(cfg, resume=resume, callbacks=callbacks)
+
+
+COPY_WEIGHTS = "copy.pt"  # in a finished copy's folder: its selected weights and what it took
+
+
+def copy_config(cfg: TrainConfig, k: int) -> TrainConfig:
+    """Copy k of a seed average: the same recipe and validation split, weights seed `init_seed + k`."""
+    return replace(cfg, seeds=1, weights_seed=cfg.init_seed + k, out=str(Path(cfg.out) / f"seed-{k}"))
+
+
+def train_seed_average(cfg: TrainConfig, *, resume: bool, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train `cfg.seeds` copies in `RUN_DIR/seed-K/` (each resumable; a finished one is loaded), then average.
+
+    Rank 0 only: the copies are ordinary single-process runs (docs/DECISIONS.md, 2026-12-07).
+    """
+    if cfg.arch == "autoencoder":
+        raise ValueError("--seeds is for classifiers; the autoencoder is trained once")
+    run_dir = Path(cfg.out)
+    log = RunLog(run_dir)
+    log.status("running", pid=os.getpid(), arch=cfg.arch, task=cfg.task, started=time.time(), seeds=cfg.seeds)
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    copies: list[nn.Module] = []
+    records: list[dict] = []
+    for k in range(cfg.seeds):
+        sub = copy_config(cfg, k)
+        done = Path(sub.out) / COPY_WEIGHTS
+        if not (resume and done.exists()):
+            result = _train_one(sub, resume=resume, callbacks=callbacks)
+            record = {
+                "weights_seed": sub.init_seed,
+                "epochs_run": len(result.history),
+                "selected_epoch": result.selected_epoch,
+                "best_val_auroc": result.best_val_auroc,
+                "seconds": round(result.seconds, 1),
+                "precision_used": result.precision,
+            }
+            save_torch(done, {"model": result.model.state_dict(), "record": record, "history": result.history})
+            del result
+        saved = load_torch(done)
+        model = create_model(cfg.arch, get_task(cfg.task).num_classes)
+        model.load_state_dict(saved["model"])
+        copies.append(model)
+        records.append(saved["record"])
+        log.record(event="copy", copy=k, **saved["record"])
+    device = resolve_device(cfg.device)
+    average = SeedAverage(copies).to(device)
+    average = to_channels_last(average) if cfg.channels_last else average
+    average.eval()
+    first = load_torch(Path(copy_config(cfg, 0).out) / COPY_WEIGHTS)["history"]
+    return TrainResult(
+        model=average,
+        config=cfg,
+        data=prepare_data(cfg, device),
+        best_epoch=records[-1]["selected_epoch"],
+        best_val_auroc=sum(r["best_val_auroc"] for r in records) / len(records),  # the copies' mean
+        history=first,
+        seconds=sum(r["seconds"] for r in records),
+        precision=records[0]["precision_used"],
+        selected_epoch=records[-1]["selected_epoch"],
+        copies=records,
+    )
+
+
+def _train_one(cfg: TrainConfig, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> TrainResult:
     rank, world = _distributed()
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world > 1:
@@ -109,7 +178,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, callbacks: Sequence[Callbac
         torch.cuda.set_device(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.init_seed)
     run_dir = Path(cfg.out)
     log = RunLog(run_dir, active=rank == 0)
     log.status("running", pid=os.getpid(), arch=cfg.arch, task=cfg.task, started=time.time())
