@@ -45,10 +45,10 @@ Plan = list[tuple[str, str, list[str]]]  # (arch, task, extra `train` arguments)
 # was lost), so a run that needs two sessions usually never lands.
 
 
-def cpu_recipe(size: int, epochs: int, ema: float, *more: str) -> list[str]:
+def cpu_recipe(size: int, epochs: int, ema: float, *more: str, resize: str = "lung_crop") -> list[str]:
     """The lung crop, bf16 where native, batch 64, final EMA weights, no early stop (a fixed budget)."""
     return [
-        *("--resize", "lung_crop", "--precision", "auto", "--select", "last", "--batch-size", "64", "--patience", "99"),
+        *("--resize", resize, "--precision", "auto", "--select", "last", "--batch-size", "64", "--patience", "99"),
         *("--input-size", str(size), "--epochs", str(epochs), "--ema-decay", str(ema), *more),
     ]
 
@@ -63,10 +63,11 @@ PLANS: dict[str, Plan] = {
         ("cnn4", "binary", cpu_recipe(128, 20, 0.99, "--seeds", "3")),
         ("cnn4", "subtype", cpu_recipe(128, 20, 0.99)),
         ("resnet18", "subtype", cpu_recipe(192, 12, 0.99)),
-        ("vgg16", "binary", cpu_recipe(128, 10, 0.99, "--lr", "5e-4")),
-        # the 2026-12-05 recipe (lr 2e-3, 10 % warm-up, no zero-init) collapsed mid-run: lower peak, longer
-        # warm-up, zero-initialised residual branches (cxrdemo/models/architectures.py)
-        ("resnet50", "binary", cpu_recipe(192, 12, 0.995, "--lr", "1e-3", "--warmup-fraction", "0.2")),
+        # VGG-16 and ResNet-50 stay the squash models of 2026-12-05: their lung-crop runs (REJECTED below)
+        # failed the replacement gate, so this is the recipe that made the shipped weights (ResNet-50's
+        # residual branches were initialised like torchvision's then; a rerun starts them at zero)
+        ("vgg16", "binary", cpu_recipe(96, 8, 0.99, "--lr", "5e-4", resize="squash")),
+        ("resnet50", "binary", cpu_recipe(192, 12, 0.995, resize="squash")),
         # the autoencoder keeps the whole image (it judges the whole film) and its 2026-12-04 weights
         ("autoencoder", "binary", ["--precision", "fp32", "--input-size", "96", "--epochs", "24", "--lr", "2e-3"]),
     ],
@@ -86,6 +87,16 @@ PLANS: dict[str, Plan] = {
         ("autoencoder", "binary", ["--epochs", "40", "--lr", "1e-3"]),
     ],
 }
+# Lung-crop recipes that were trained and turned down by the replacement gate (docs/DECISIONS.md, rule 4 of
+# the lung-crop campaign; outcomes of 2026-12-07): the shipped model stayed, and its card says so under
+# `replacement_gate`. Kept here so that the attempt can be rerun (`--profile rejected`).
+REJECTED: Plan = [
+    ("vgg16", "binary", cpu_recipe(128, 10, 0.99, "--lr", "5e-4")),
+    # the 2026-12-05 recipe (lr 2e-3, 10 % warm-up, no zero-init) collapsed mid-run: lower peak, longer
+    # warm-up, zero-initialised residual branches (cxrdemo/models/architectures.py)
+    ("resnet50", "binary", cpu_recipe(192, 12, 0.995, "--lr", "1e-3", "--warmup-fraction", "0.2")),
+]
+PLANS["rejected"] = REJECTED
 KNN_BACKBONE = "resnet18-binary"  # fixed in advance: the default model
 ENSEMBLE_MEMBERS = ("resnet18-binary", "resnet50-binary", "vgg16-binary", "zubinrnet-binary")
 # a member joins the ensemble only if its shipped weights reach this validation AUROC (docs/DECISIONS.md,

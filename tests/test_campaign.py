@@ -18,6 +18,7 @@ from cxrdemo.zoo import (
     KEEP_SHIPPED,
     MEMBER_MIN_VAL_AUROC,
     PLANS,
+    REJECTED,
     ensemble_members,
     planned_config,
     record_gate,
@@ -130,3 +131,23 @@ def test_ensemble_leaves_out_a_failed_member(tmp_path: Path, monkeypatch: pytest
     assert ensemble_members(installed) == ["resnet18-binary", "zubinrnet-binary"]
     assert ensemble_members(installed - {"zubinrnet-binary"}) == ["resnet18-binary"]
     assert set(ensemble_members(installed)) < set(ENSEMBLE_MEMBERS)
+
+
+def test_the_cpu_plan_is_what_made_the_shipped_weights(tmp_path: Path) -> None:
+    """On a machine without run folders, `--dry-run` of the cpu plan skips every model (issue 23)."""
+    env = {k: v for k, v in os.environ.items() if k != "CXRDEMO_WEIGHTS"}
+    cmd = [sys.executable, "-m", "cxrdemo.zoo", "--profile", "cpu", "--data", str(SAMPLE_DIR), "--runs", str(tmp_path)]
+    result = subprocess.run([*cmd, "--dry-run"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = steps(result.stdout)
+    assert len(planned) == len(PLANS["cpu"])
+    assert planned == dict.fromkeys(planned, "skip")
+
+
+def test_every_rejected_recipe_is_recorded_in_the_card_it_did_not_replace() -> None:
+    for arch, task, extra in REJECTED:
+        gate = json.loads((REPO_ROOT / "weights" / f"{arch}-{task}.json").read_text())["replacement_gate"]
+        assert gate["decision"] == KEEP_SHIPPED
+        assert gate["candidate"] == "lung crop: " + " ".join(extra)
+        assert gate["difference"] == pytest.approx(gate["candidate_value"] - gate["shipped"], abs=1e-4)
+        assert gate["difference"] < gate["allowed"]

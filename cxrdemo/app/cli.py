@@ -216,10 +216,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows + ([segmenter] if segmenter else [])))
         return 0
-    print(f"{'id':<20}{'kind':<13}{'task':<9}{'recipe':<34}test metrics")
+    width = max([len("recipe"), *(len(row["recipe"]) for row in rows)]) + 2
+    print(f"{'id':<20}{'kind':<13}{'task':<9}{'recipe':<{width}}test metrics")
     for row in rows:
         metrics = row["error"] or "  ".join(f"{k}={v}" for k, v in row["test"].items())
-        print(f"{row['id']:<20}{row['kind'] or '?':<13}{row['task'] or '?':<9}{row['recipe']:<34}{metrics}")
+        print(f"{row['id']:<20}{row['kind'] or '?':<13}{row['task'] or '?':<9}{row['recipe']:<{width}}{metrics}")
     if segmenter:
         print(
             f"\n{segmenter['id']} (lung fields, {segmenter['arch']}): validation Dice "
@@ -254,7 +255,10 @@ def _lung_model_row() -> dict | None:
 
 
 def recipe(card: dict) -> str:
-    """Input, training precision, epochs and wall time, e.g. '224 px lung crop bf16 20 ep 87 min'."""
+    """Input, training precision, epochs and wall time, e.g. '224 px lung crop bf16 20 ep 87 min'.
+
+    A seed average shows its copies ('3 x 20 ep'); a model the replacement gate kept says what it beat.
+    """
     training = card.get("training") or {}
     if card.get("kind") == "ensemble":
         return f"mean of {len(card.get('members', []))} models"
@@ -265,9 +269,12 @@ def recipe(card: dict) -> str:
     input_form = f"{size} px {resize.replace('_', ' ')}" if size else ""
     parts = [input_form, training.get("precision_used", ""), ""]
     if training.get("epochs_run") is not None:
-        parts[2] = f"{training['epochs_run']} ep"
+        copies = int(training.get("seeds", 1))
+        parts[2] = f"{copies} x {training['epochs_run']} ep" if copies > 1 else f"{training['epochs_run']} ep"
     if training.get("seconds") is not None:
         parts.append(f"{training['seconds'] / 60:.0f} min")
+    if (card.get("replacement_gate") or {}).get("decision") == "keep shipped":
+        parts.append("(kept: lung crop failed gate 4)")
     return " ".join(p for p in parts if p)
 
 
