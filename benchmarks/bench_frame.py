@@ -39,6 +39,7 @@ from cxrdemo.evaluation.frame import (
     MAX_FLIP_SHARE,
     MIN_PER_CLASS,
     N_BINS,
+    SPARED_MARGIN,
     SUBSETS,
     ValidationImages,
     card_entry,
@@ -73,19 +74,25 @@ def _metrics(m: dict) -> str:
 def print_table(rows: list[dict], command: str) -> None:
     print(
         "| model | images | n | flips width % | flips height % | mean ΔP width / height "
-        "| plain AUROC / acc / spec | frame-balanced AUROC / acc / spec (n) |"
+        "| plain AUROC / acc / spec | frame-balanced AUROC / acc / spec (n) "
+        "| lungs spared: flips width / height % (cut width / height %, n) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        spared = (
+            f"{_pct(r.get('flips_width_spared'))} / {_pct(r.get('flips_height_spared'))} "
+            f"({_pct(r.get('cut_width_spared'))} / {_pct(r.get('cut_height_spared'))}, {r.get('n_spared', 0)})"
+        )
         print(
             f"| {r['model']} | {r['subset']} | {r['n']} | {_pct(r['flips_width'])} | {_pct(r['flips_height'])} "
             f"| {r['mean_dp_width']:+.3f} / {r['mean_dp_height']:+.3f} | {_metrics(r['plain'])} "
-            f"| {_metrics(r['balanced'])} ({r['balanced_n_kept']}) |"
+            f"| {_metrics(r['balanced'])} ({r['balanced_n_kept']}) | {spared} |"
         )
     print(
         f"\n`{command}`; crops: {CROP_FRACTION:.0%} of the width off each side, {CROP_FRACTION:.0%} of the height "
         f"off top and bottom; target <= {MAX_FLIP_SHARE:.0%} flips; frame-balanced: {N_BINS} aspect-ratio "
-        f"quantile bins, bins with < {MIN_PER_CLASS} images of a class dropped"
+        f"quantile bins, bins with < {MIN_PER_CLASS} images of a class dropped; lungs spared: the same cuts "
+        f"stopped {SPARED_MARGIN:.0%} of the dimension short of the manual lung box (films with a manual mask)"
     )
 
 
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "target_max_flips": MAX_FLIP_SHARE,
         "balanced_bins": N_BINS,
         "balanced_min_per_class": MIN_PER_CLASS,
+        "spared_margin": SPARED_MARGIN,
     }
     if out:
         atomic_write_json(Path(out), {"command": command, "date": date, "machine": machine, **settings, "rows": rows})

@@ -300,6 +300,7 @@ FRAME_FORMATS = {"n": "%d", "Flips width %": "%.1f", "Flips height %": "%.1f"}
 FRAME_FORMATS |= {"Mean ΔP width": "%+.3f", "Mean ΔP height": "%+.3f", "Balanced n": "%d"}
 FRAME_FORMATS |= {c: "%.3f" for c in ("AUROC", "Accuracy", "Specificity")}
 FRAME_FORMATS |= {f"Balanced {c}": "%.3f" for c in ("AUROC", "accuracy", "specificity")}
+FRAME_FORMATS |= {c: "%.1f" for c in frame.PERCENT_COLUMNS} | {"n spared": "%d"}
 
 
 def frame_probe_ui(pred) -> None:
@@ -329,6 +330,15 @@ def frame_probe_ui(pred) -> None:
         + (", ".join(meets) if meets else "none of the measured models")
         + f". Measured {when} on {machine} with `{results['command']}`, on {results.get('split', 'validation images')}."
     )
+    spared = frame.passing(results, spared=True)
+    if spared:
+        st.caption(
+            "The height cut takes lung off about half of the films, so the lung-sparing cuts stop "
+            f"{frame.SPARED_MARGIN:.0%} short of the lungs' box (manual masks): what changes then is the frame "
+            f"alone. Meet ≤ {target:g} % for both: "
+            + (", ".join(m for m, ok in spared.items() if ok) or "none of the measured models")
+            + "."
+        )
     st.markdown(
         "**Frame-balanced validation.** The validation images whose original size is known, weighted so that "
         "the original aspect ratio (width / height) has the same distribution in both classes: what is left "

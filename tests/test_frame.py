@@ -61,6 +61,44 @@ def test_crops_cut_the_frame_and_downscaling_keeps_the_aspect(sample_dir: Path) 
         frame.crop(pixels, "diagonal")
 
 
+def test_spared_cuts_stop_short_of_the_lungs() -> None:
+    # 100 px, lungs at 20..80: 10 px a side (the 10 % limit); lungs at 5..97: 2 px low (5 - 3), none high
+    assert frame.spared_cuts(100, 20, 80, 0.10, 0.03) == (10, 10)
+    assert frame.spared_cuts(100, 5, 97, 0.10, 0.03) == (2, 0)
+    assert frame.spared_cuts(100, 0, 100, 0.10, 0.03) == (0, 0)
+    assert frame.lung_box(np.zeros((4, 4), bool)) is None
+    mask = np.zeros((10, 20), bool)
+    mask[2:7, 5:15] = True
+    assert frame.lung_box(mask) == (2, 7, 5, 15)
+
+
+def test_the_lung_sparing_probe_never_cuts_a_manual_lung_pixel(
+    sample_dir: Path, masks_dir: Path, sample_validation: frame.ValidationImages
+) -> None:
+    images = frame.load_validation(load_dataset(sample_dir), list_cards()[SMALL_MODELS[0]], masks_dir)
+    real = RealLungMasks(masks_dir)
+    assert images.has_box.any() and images.variants() == frame.VARIANTS + frame.SPARED_VARIANTS
+    for path, pixels, box in zip(images.frame["path"], images.pixels, images.boxes):
+        if box is None:
+            assert path not in real
+            continue
+        mask = real.get(path, pixels.shape)
+        h, w = pixels.shape
+        top, bottom, left, right = box
+        low, high = frame.spared_cuts(w, left, right, frame.CROP_FRACTION, frame.SPARED_MARGIN)
+        assert not mask[:, :low].any() and not mask[:, w - high :].any()
+        assert frame.crop_sparing(pixels, box, "width_spared").shape == (h, w - low - high)
+        low, high = frame.spared_cuts(h, top, bottom, frame.CROP_FRACTION, frame.SPARED_MARGIN)
+        assert not mask[:low].any() and not mask[h - high :].any()
+        assert frame.crop_sparing(pixels, box, "height_spared").shape == (h - low - high, w)
+    cut = images.cut_share("height_spared")
+    assert (cut <= 2 * frame.CROP_FRACTION + 0.01).all() and (cut[~images.has_box] == 0).all()
+    # the plain height cut takes lung off some of these films; the lung-sparing one by construction never
+    plain = images.cut_share("height")
+    assert (plain >= cut - 1e-9).all() and plain.mean() > cut.mean()
+    assert sample_validation.boxes == [] and sample_validation.variants() == frame.VARIANTS
+
+
 @pytest.mark.parametrize("model_id", SMALL_MODELS)
 def test_probe_on_the_sample_answers_like_the_predictor(
     model_id: str, predictor: Predictor, sample_validation: frame.ValidationImages
@@ -202,6 +240,12 @@ def test_benchmark_main_on_the_sample(benchmark_run: tuple[list[dict], str, Path
     flips = frame.flips_long(written)
     assert set(flips["subset"]) <= {"full-res", "224 copies"} and set(flips["crop"]) == set(frame.CROPS)
     assert set(frame.passing(written)) == set(SMALL_MODELS)
+    # the shared lung masks sit beside the dataset here and in CI: the lung-sparing rows are filled in
+    for row in (r for r in rows if r["subset"] == "all"):
+        assert 0 < row["n_spared"] <= row["n"]
+        assert 0.0 <= row["flips_width_spared"] <= 1.0 and 0.0 <= row["flips_height_spared"] <= 1.0
+        assert 0.0 <= row["cut_height_spared"] <= 2 * frame.CROP_FRACTION
+    assert set(frame.passing(written, spared=True)) == set(SMALL_MODELS)
 
 
 def test_results_coverage_and_unreadable_files(benchmark_run: tuple[list[dict], str, Path], tmp_path: Path) -> None:
