@@ -59,8 +59,9 @@ PLANS: dict[str, Plan] = {
     "cpu": [
         ("resnet18", "binary", cpu_recipe(224, 20, 0.995)),
         ("zubinrnet", "binary", cpu_recipe(224, 20, 0.995)),
-        # three seeds averaged as one model (docs/DECISIONS.md, addendum of 2026-12-07)
-        ("cnn4", "binary", cpu_recipe(128, 20, 0.99, "--seeds", "3")),
+        # the squash model of 2026-12-04: its lung-crop run and the 3-seed lung-crop average (REJECTED below)
+        # failed the replacement gate
+        ("cnn4", "binary", cpu_recipe(128, 20, 0.99, resize="squash")),
         ("cnn4", "subtype", cpu_recipe(128, 20, 0.99)),
         ("resnet18", "subtype", cpu_recipe(192, 12, 0.99)),
         # VGG-16 and ResNet-50 stay the squash models of 2026-12-05: their lung-crop runs (REJECTED below)
@@ -91,6 +92,9 @@ PLANS: dict[str, Plan] = {
 # the lung-crop campaign; outcomes of 2026-12-07): the shipped model stayed, and its card says so under
 # `replacement_gate`. Kept here so that the attempt can be rerun (`--profile rejected`).
 REJECTED: Plan = [
+    # three seeds averaged as one model (docs/DECISIONS.md, addendum of 2026-12-07); the one-seed lung-crop
+    # run before it failed too (-0.0066)
+    ("cnn4", "binary", cpu_recipe(128, 20, 0.99, "--seeds", "3")),
     ("vgg16", "binary", cpu_recipe(128, 10, 0.99, "--lr", "5e-4")),
     # the 2026-12-05 recipe (lr 2e-3, 10 % warm-up, no zero-init) collapsed mid-run: lower peak, longer
     # warm-up, zero-initialised residual branches (cxrdemo/models/architectures.py)
