@@ -332,12 +332,15 @@ def frame_probe_ui(pred) -> None:
     )
     spared = frame.passing(results, spared=True)
     if spared:
+        width = [r["model"] for r in results["rows"] if r["subset"] == "all" and frame.meets(r, "flips_width_spared")]
         st.caption(
             "The height cut takes lung off about half of the films, so the lung-sparing cuts stop "
-            f"{frame.SPARED_MARGIN:.0%} short of the lungs' box (manual masks): what changes then is the frame "
-            f"alone. Meet ≤ {target:g} % for both: "
+            f"{frame.SPARED_MARGIN:.0%} short of the lungs' box (manual masks). Meet ≤ {target:g} % for the width: "
+            + (", ".join(width) or "none")
+            + "; for both: "
             + (", ".join(m for m, ok in spared.items() if ok) or "none of the measured models")
-            + "."
+            + ". A lung-crop window that then reaches past the cut film is padded black, and that band moves "
+            "verdicts too (docs/RESULTS.md, frame probe)."
         )
     st.markdown(
         "**Frame-balanced validation.** The validation images whose original size is known, weighted so that "

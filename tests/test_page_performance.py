@@ -188,6 +188,11 @@ def test_lungs_section_shows_the_frame_probe_and_lung_shares(sample_data: Path):
     assert "Heatmap mass inside the lungs, per CAM method (validation)" in titles
     captions = [c.value for c in at.caption]
     assert any(c.startswith("Meet the target") and results["command"] in c for c in captions)
+    spared = probe["Flips width, lungs spared %"].tolist()
+    assert spared == pytest.approx([100 * r["flips_width_spared"] for r in results["rows"]])
+    within = [r["model"] for r in results["rows"] if r["subset"] == "all" and frame.meets(r, "flips_width_spared")]
+    sparing = next(c for c in captions if "lung-sparing cuts" in c)
+    assert f"for the width: {', '.join(within) or 'none'};" in sparing
     assert any(c.startswith("Share of each heatmap's mass inside the lungs") for c in captions)
 
 

@@ -531,11 +531,16 @@ def flips_long(results: dict, subsets: Iterable[str] = SUBSETS[:2]) -> pd.DataFr
     return pd.DataFrame(rows, columns=["model", "subset", "crop", "flips %"])
 
 
+def meets(row: dict, key: str) -> bool:
+    """Whether a results row's flip share under `key` is measured and within `MAX_FLIP_SHARE`."""
+    return row.get(key) is not None and row[key] <= MAX_FLIP_SHARE
+
+
 def passing(results: dict, *, spared: bool = False) -> dict[str, bool]:
     """model -> whether its "all" row meets the target for both crops (`spared`: the lung-sparing ones)."""
     keys = ("flips_width_spared", "flips_height_spared") if spared else ("flips_width", "flips_height")
     return {
-        r["model"]: all(r[k] <= MAX_FLIP_SHARE for k in keys)
+        r["model"]: all(meets(r, k) for k in keys)
         for r in results["rows"]
         if r["subset"] == "all" and all(r.get(k) is not None for k in keys)
     }
