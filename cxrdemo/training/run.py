@@ -130,6 +130,7 @@ def train_seed_average(cfg: TrainConfig, *, resume: bool, callbacks: Sequence[Ca
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
     copies: list[nn.Module] = []
     records: list[dict] = []
+    history: list[dict] = []
     for k in range(cfg.seeds):
         sub = copy_config(cfg, k)
         done = Path(sub.out) / COPY_WEIGHTS
@@ -150,19 +151,20 @@ def train_seed_average(cfg: TrainConfig, *, resume: bool, callbacks: Sequence[Ca
         model.load_state_dict(saved["model"])
         copies.append(model)
         records.append(saved["record"])
+        if k == 0:
+            history = saved["history"]  # the card's epoch records: the first copy's (all have the same recipe)
         log.record(event="copy", copy=k, **saved["record"])
     device = resolve_device(cfg.device)
     average = SeedAverage(copies).to(device)
     average = to_channels_last(average) if cfg.channels_last else average
     average.eval()
-    first = load_torch(Path(copy_config(cfg, 0).out) / COPY_WEIGHTS)["history"]
     return TrainResult(
         model=average,
         config=cfg,
         data=prepare_data(cfg, device),
         best_epoch=records[-1]["selected_epoch"],
         best_val_auroc=sum(r["best_val_auroc"] for r in records) / len(records),  # the copies' mean
-        history=first,
+        history=history,
         seconds=sum(r["seconds"] for r in records),
         precision=records[0]["precision_used"],
         selected_epoch=records[-1]["selected_epoch"],
